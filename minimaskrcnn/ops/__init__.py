@@ -1,0 +1,1 @@
+"""Detection operators: boxes, anchors, matching, NMS, RoI pooling (RoIPool / RoIWarp / RoIAlign), masks."""
