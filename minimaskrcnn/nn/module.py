@@ -184,7 +184,7 @@ class Module:
                     shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
                     lines.append(f"{title}: {shown}")
             raise ValueError("load_state_dict: the state does not fit the model; " + "; ".join(lines))
-        bad = set(mismatched_k.split(":")[0] for mismatched_k in mismatched)
+        bad = {k for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)}
         params = dict(self.named_parameters())
         for mod_name, m in self.named_modules():
             pre = f"{mod_name}." if mod_name else ""
@@ -320,6 +320,9 @@ def load_npz(path) -> "OrderedDict[str, np.ndarray]":
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise ValueError(f"{path}: cannot read as .npz (not a zip archive; truncated or not a checkpoint)")
     try:
         with np.load(path, allow_pickle=False) as z:
             return OrderedDict((k, z[k]) for k in z.files)

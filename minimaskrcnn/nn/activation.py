@@ -1,0 +1,32 @@
+"""ReLU, the only nonlinearity Mask R-CNN uses (after every hidden conv and fc layer)."""
+from __future__ import annotations
+
+from ..backend import get_xp
+from ._checks import check_float_array
+from .module import Module
+
+
+def relu_forward(x):
+    """``max(x, 0)`` elementwise. Returns (out, cache) where the cache is the boolean mask ``x > 0``."""
+    check_float_array(x, "x", op="relu_forward")
+    xp = get_xp(x)
+    out = xp.maximum(x, 0)
+    return out, out > 0
+
+
+def relu_backward(dout, cache):
+    """The gradient passes where the input was positive: ``dx = dout * (x > 0)``."""
+    return dout * cache
+
+
+class ReLU(Module):
+    def forward(self, x):
+        out, mask = relu_forward(x)
+        self._cache = mask if self.training else None
+        return out
+
+    def backward(self, dout):
+        mask, self._cache = self._cache, None
+        if mask is None:
+            raise RuntimeError("ReLU.backward called without a training-mode forward before it")
+        return relu_backward(dout, mask)

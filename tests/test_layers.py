@@ -1,0 +1,277 @@
+"""Every layer: forward against a plain-loop reference, backward against float64 central differences."""
+import numpy as np
+import pytest
+
+from minimaskrcnn.nn import functional as F
+from minimaskrcnn.nn import reference as ref
+from minimaskrcnn.nn.gradcheck import numerical_gradient, rel_error
+
+TOL = 1e-7  # relative error of an analytic float64 gradient against central differences
+
+
+def grads_ok(fwd, bwd, inputs, names, rng, tol=TOL):
+    """Check every gradient ``bwd`` returns against central differences of ``sum(fwd(*inputs) * dout)``."""
+    out, cache = fwd(*inputs)
+    dout = rng.standard_normal(out.shape)
+    analytic = bwd(dout, cache)
+    if not isinstance(analytic, tuple):
+        analytic = (analytic,)
+    for k, name in enumerate(names):
+        if name is None:
+            continue
+        num = numerical_gradient(lambda _: fwd(*inputs)[0], inputs[k], dout)
+        err = rel_error(analytic[k], num)
+        assert err < tol, f"d{name}: relative error {err:.2e}"
+
+
+CONV_CASES = [
+    # (N, C, H, W, Co, k, stride, padding, dilation, groups)
+    (2, 3, 7, 6, 4, 3, 1, 1, 1, 1),
+    (1, 4, 9, 8, 6, 3, 2, 1, 1, 2),
+    (2, 2, 8, 7, 3, 3, 1, 2, 2, 1),
+    (1, 3, 7, 9, 2, (1, 3), (2, 1), (0, 1), 1, 1),
+    (2, 4, 5, 5, 4, 1, 1, 0, 1, 1),
+    (2, 4, 6, 7, 5, 1, 2, 0, 1, 1),
+    (1, 6, 7, 7, 6, 3, 1, 1, 1, 3),
+    (1, 2, 11, 10, 3, 7, 2, 3, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_forward_matches_loops(case, rng):
+    N, C, H, W, Co, k, s, p, d, g = case
+    kh, kw = (k, k) if np.isscalar(k) else k
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((Co, C // g, kh, kw))
+    b = rng.standard_normal(Co)
+    out, _ = F.conv2d_forward(x, w, b, s, p, d, g)
+    np.testing.assert_allclose(out, ref.conv2d_naive(x, w, b, s, p, d, g), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_gradients(case, rng):
+    N, C, H, W, Co, k, s, p, d, g = case
+    kh, kw = (k, k) if np.isscalar(k) else k
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((Co, C // g, kh, kw))
+    b = rng.standard_normal(Co)
+    grads_ok(lambda x, w, b: F.conv2d_forward(x, w, b, s, p, d, g), F.conv2d_backward, (x, w, b),
+             ("x", "w", "b"), rng)
+
+
+def test_conv2d_without_bias(rng):
+    x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3))
+    out, cache = F.conv2d_forward(x, w, None, padding=1)
+    np.testing.assert_allclose(out, ref.conv2d_naive(x, w, None, 1, 1), atol=1e-12)
+    assert F.conv2d_backward(np.ones_like(out), cache)[2] is None
+
+
+def test_conv2d_float32_close_to_float64(rng):
+    x, w = rng.standard_normal((2, 8, 9, 9)), rng.standard_normal((5, 8, 3, 3))
+    out64, _ = F.conv2d_forward(x, w, None, 1, 1)
+    out32, _ = F.conv2d_forward(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
+    assert out32.dtype == np.float32
+    np.testing.assert_allclose(out32, out64, rtol=1e-4, atol=1e-4)
+
+
+DECONV_CASES = [
+    # (N, C, H, W, Co, k, stride, padding, output_padding, groups)
+    (2, 3, 4, 5, 2, 2, 2, 0, 0, 1),   # the mask head's 2x2 / 2 upsampler
+    (1, 4, 3, 3, 6, 3, 2, 1, 1, 2),
+    (2, 2, 4, 3, 3, 3, 1, 1, 0, 1),
+    (1, 2, 3, 4, 2, 4, 3, 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", DECONV_CASES)
+def test_conv_transpose2d_forward_and_gradients(case, rng):
+    N, C, H, W, Co, k, s, p, op, g = case
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((C, Co // g, k, k))
+    b = rng.standard_normal(Co)
+    out, _ = F.conv_transpose2d_forward(x, w, b, s, p, op, g)
+    np.testing.assert_allclose(out, ref.conv_transpose2d_naive(x, w, b, s, p, op, g), rtol=1e-12, atol=1e-12)
+    grads_ok(lambda x, w, b: F.conv_transpose2d_forward(x, w, b, s, p, op, g), F.conv_transpose2d_backward,
+             (x, w, b), ("x", "w", "b"), rng)
+
+
+def test_conv_transpose_is_adjoint_of_conv(rng):
+    """<conv(x), y> == <x, conv_transpose(y)> with the same weights: the two are transposes of one matrix."""
+    x = rng.standard_normal((2, 3, 9, 8))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y, _ = F.conv2d_forward(x, w, None, 2, 1)
+    r = rng.standard_normal(y.shape)
+    xt, _ = F.conv_transpose2d_forward(r, w, None, 2, 1, output_padding=(0, 1))
+    assert xt.shape == x.shape
+    np.testing.assert_allclose(np.sum(y * r), np.sum(x * xt), rtol=1e-12)
+
+
+def test_linear(rng):
+    x, w, b = rng.standard_normal((5, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)
+    out, _ = F.linear_forward(x, w, b)
+    np.testing.assert_allclose(out, np.einsum("ni,oi->no", x, w) + b, rtol=1e-12)
+    grads_ok(F.linear_forward, F.linear_backward, (x, w, b), ("x", "w", "b"), rng)
+
+
+def test_relu(rng):
+    x = rng.standard_normal((3, 4, 5))
+    x[np.abs(x) < 1e-3] = 0.5  # keep away from the kink at 0
+    out, _ = F.relu_forward(x)
+    np.testing.assert_array_equal(out, np.where(x > 0, x, 0))
+    grads_ok(F.relu_forward, F.relu_backward, (x,), ("x",), rng)
+
+
+@pytest.mark.parametrize("k,s,p,shape", [(3, 2, 1, (2, 3, 9, 8)), (2, 2, 0, (1, 2, 6, 6)), (1, 2, 0, (2, 2, 5, 7)),
+                                         (3, 1, 1, (1, 2, 5, 4))])
+def test_max_pool2d(k, s, p, shape, rng):
+    # A permutation of well-separated values: no ties, so the argmax (and the gradient) is unique.
+    x = rng.permutation(np.prod(shape)).reshape(shape) * 0.1 + rng.uniform(0, 0.01, shape)
+    out, _ = F.max_pool2d_forward(x, k, s, p)
+    np.testing.assert_array_equal(out, ref.max_pool2d_naive(x, k, s, p))
+    grads_ok(lambda x: F.max_pool2d_forward(x, k, s, p), F.max_pool2d_backward, (x,), ("x",), rng)
+
+
+@pytest.mark.parametrize("shape,size,factor", [((2, 3, 4, 5), (8, 10), None), ((1, 2, 3, 3), None, 2),
+                                               ((1, 2, 3, 4), (7, 9), None), ((1, 1, 5, 4), (3, 2), None)])
+def test_upsample_nearest(shape, size, factor, rng):
+    x = rng.standard_normal(shape)
+    out, _ = F.upsample_nearest_forward(x, size=size, scale_factor=factor)
+    oh, ow = size if size is not None else (shape[2] * factor, shape[3] * factor)
+    np.testing.assert_array_equal(out, ref.upsample_nearest_naive(x, oh, ow))
+    grads_ok(lambda x: F.upsample_nearest_forward(x, size=size, scale_factor=factor),
+             F.upsample_nearest_backward, (x,), ("x",), rng)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 2, 4, 5)])
+def test_batch_norm_training(shape, rng):
+    x = rng.standard_normal(shape) * 2 + 1
+    g, b = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    out, _ = F.batch_norm_forward(x, g, b)
+    np.testing.assert_allclose(out, ref.batch_norm_naive(x, g, b), rtol=1e-10, atol=1e-12)
+    grads_ok(lambda x, g, b: F.batch_norm_forward(x, g, b), F.batch_norm_backward, (x, g, b),
+             ("x", "gamma", "beta"), rng)
+
+
+def test_batch_norm_running_statistics_and_eval(rng):
+    x = rng.standard_normal((6, 3, 2, 2)) * 3 + 2
+    rm, rv = np.zeros(3), np.ones(3)
+    g, b = rng.standard_normal(3), rng.standard_normal(3)
+    F.batch_norm_forward(x, g, b, rm, rv, training=True, momentum=0.1)
+    mean = x.mean(axis=(0, 2, 3))
+    unbiased = x.var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(rm, 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * unbiased, rtol=1e-12)
+    out, _ = F.batch_norm_forward(x, g, b, rm, rv, training=False)
+    expect = (x - rm.reshape(1, -1, 1, 1)) / np.sqrt(rv.reshape(1, -1, 1, 1) + 1e-5) * g.reshape(1, -1, 1, 1) \
+        + b.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(out, expect, rtol=1e-12)
+    grads_ok(lambda x, g, b: F.batch_norm_forward(x, g, b, rm, rv, training=False), F.batch_norm_backward,
+             (x, g, b), ("x", "gamma", "beta"), rng)
+
+
+def test_frozen_batch_norm(rng):
+    x = rng.standard_normal((2, 3, 4, 4))
+    w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    out, _ = F.frozen_batch_norm_forward(x, w, b, rm, rv)
+    c = (1, -1, 1, 1)
+    expect = (x - rm.reshape(c)) / np.sqrt(rv.reshape(c) + 1e-5) * w.reshape(c) + b.reshape(c)
+    np.testing.assert_allclose(out, expect, rtol=1e-12)
+    grads_ok(lambda x: F.frozen_batch_norm_forward(x, w, b, rm, rv), F.frozen_batch_norm_backward, (x,), ("x",), rng)
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 3, 4), 3), ((3, 4, 5, 2), 1), ((2, 4, 2, 2), 4)])
+def test_group_norm(shape, groups, rng):
+    x = rng.standard_normal(shape) * 2 - 1
+    g, b = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    out, _ = F.group_norm_forward(x, g, b, groups)
+    np.testing.assert_allclose(out, ref.group_norm_naive(x, g, b, groups), rtol=1e-10, atol=1e-12)
+    grads_ok(lambda x, g, b: F.group_norm_forward(x, g, b, groups), F.group_norm_backward, (x, g, b),
+             ("x", "gamma", "beta"), rng)
+
+
+def _scalar_loss_grads_ok(fwd, bwd, x, rng, dloss=1.7):
+    loss, cache = fwd(x)
+    analytic = bwd(dloss, cache)
+    num = numerical_gradient(lambda _: fwd(x)[0], x, dloss)
+    assert rel_error(analytic, num) < TOL
+
+
+def test_softmax_cross_entropy(rng):
+    logits = rng.standard_normal((6, 4)) * 3
+    labels = np.array([0, 3, -1, 2, 1, -1])
+    loss, _ = F.softmax_cross_entropy_forward(logits, labels)
+    np.testing.assert_allclose(loss, ref.softmax_cross_entropy_naive(logits, labels), rtol=1e-12)
+    _scalar_loss_grads_ok(lambda z: F.softmax_cross_entropy_forward(z, labels), F.softmax_cross_entropy_backward,
+                          logits, rng)
+    d = F.softmax_cross_entropy_backward(1.0, F.softmax_cross_entropy_forward(logits, labels)[1])
+    assert np.all(d[labels == -1] == 0)
+
+
+def test_softmax_cross_entropy_large_logits_and_all_ignored():
+    logits = np.array([[1000.0, 0.0], [0.0, -1000.0]])
+    loss, _ = F.softmax_cross_entropy_forward(logits, np.array([1, 0]))
+    np.testing.assert_allclose(loss, 500.0)
+    loss, cache = F.softmax_cross_entropy_forward(logits, np.array([-1, -1]))
+    assert loss == 0.0 and not np.any(F.softmax_cross_entropy_backward(1.0, cache))
+
+
+@pytest.mark.parametrize("beta", [1.0, 1 / 9, 0.0])
+def test_smooth_l1(beta, rng):
+    pred = rng.standard_normal((5, 4))
+    target = rng.standard_normal((5, 4))
+    d = pred - target
+    # keep |d| away from beta (the kink between the branches) and from 0 (the L1 kink)
+    d[np.abs(np.abs(d) - beta) < 1e-3] += 0.01
+    d[np.abs(d) < 1e-3] += 0.01
+    pred = target + d
+    loss, _ = F.smooth_l1_forward(pred, target, beta, normalizer=7.0)
+    if beta > 0:
+        np.testing.assert_allclose(loss, ref.smooth_l1_naive(pred, target, beta, 7.0), rtol=1e-12)
+    else:
+        np.testing.assert_allclose(loss, np.abs(d).sum() / 7.0, rtol=1e-12)
+    _scalar_loss_grads_ok(lambda p: F.smooth_l1_forward(p, target, beta, 7.0), F.smooth_l1_backward, pred, rng)
+
+
+def test_bce_with_logits(rng):
+    logits = rng.standard_normal((3, 5, 5)) * 3
+    targets = (rng.uniform(size=(3, 5, 5)) > 0.5).astype(np.float64)
+    loss, _ = F.binary_cross_entropy_with_logits_forward(logits, targets)
+    np.testing.assert_allclose(loss, ref.bce_with_logits_naive(logits, targets), rtol=1e-12)
+    _scalar_loss_grads_ok(lambda z: F.binary_cross_entropy_with_logits_forward(z, targets),
+                          F.binary_cross_entropy_with_logits_backward, logits, rng)
+
+
+def test_bce_with_logits_is_stable_for_huge_logits():
+    logits = np.array([500.0, -500.0, 300.0, -300.0])
+    targets = np.array([1.0, 0.0, 0.0, 1.0])
+    loss, cache = F.binary_cross_entropy_with_logits_forward(logits, targets)
+    # the two right answers cost ~0; the two wrong ones cost exactly |logit|
+    np.testing.assert_allclose(loss, (300.0 + 300.0) / 4)
+    g = F.binary_cross_entropy_with_logits_backward(1.0, cache)
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g, [0, 0, 0.25, -0.25], atol=1e-12)
+
+
+# ---- bad input -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("call,message", [
+    (lambda: F.conv2d_forward(np.zeros((2, 3, 5)), np.zeros((4, 3, 3, 3))), "x must have 4 dimensions"),
+    (lambda: F.conv2d_forward(np.zeros((2, 3, 5, 5)), np.zeros((4, 2, 3, 3))), "channels"),
+    (lambda: F.conv2d_forward(np.zeros((2, 3, 5, 5), np.int64), np.zeros((4, 3, 3, 3))), "floating-point"),
+    (lambda: F.conv2d_forward(np.zeros((1, 3, 5, 5)), np.zeros((4, 3, 3, 3)), np.zeros(3)), "b must have shape"),
+    (lambda: F.conv2d_forward(np.zeros((1, 3, 2, 2)), np.zeros((4, 3, 3, 3))), "smaller than"),
+    (lambda: F.conv2d_forward(np.zeros((1, 3, 5, 5)), np.zeros((4, 3, 3, 3)), stride=0), "stride"),
+    (lambda: F.conv2d_forward(np.zeros((1, 4, 5, 5)), np.zeros((3, 2, 3, 3)), groups=2), "divisible"),
+    (lambda: F.conv2d_forward(np.zeros((1, 3, 5, 5), np.float32), np.zeros((4, 3, 3, 3))), "same dtype"),
+    (lambda: F.conv_transpose2d_forward(np.zeros((1, 3, 5, 5)), np.zeros((4, 2, 2, 2)), stride=2), "channels"),
+    (lambda: F.linear_forward(np.zeros((2, 5)), np.zeros((3, 4))), "features"),
+    (lambda: F.max_pool2d_forward(np.zeros((1, 1, 4, 4)), 2, 2, 2), "padding"),
+    (lambda: F.batch_norm_forward(np.zeros((2, 3)), np.ones(4), np.zeros(3)), "gamma must have shape"),
+    (lambda: F.group_norm_forward(np.zeros((2, 6, 2, 2)), np.ones(6), np.zeros(6), 4), "num_groups"),
+    (lambda: F.softmax_cross_entropy_forward(np.zeros((3, 2)), np.array([0, 2, 1])), "labels must lie"),
+    (lambda: F.softmax_cross_entropy_forward(np.zeros((3, 2)), np.array([0.0, 1.0, 1.0])), "integer"),
+    (lambda: F.smooth_l1_forward(np.zeros((3, 4)), np.zeros((3, 3))), "differ in shape"),
+    (lambda: F.upsample_nearest_forward(np.zeros((1, 1, 2, 2))), "exactly one"),
+])
+def test_bad_input_raises_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

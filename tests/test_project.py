@@ -1,0 +1,38 @@
+"""Project-wide rules: lint clean, no autograd framework in the package, checkpoints never unpickled."""
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE_FILES = sorted((ROOT / "minimaskrcnn").rglob("*.py"))
+
+
+def test_package_imports_no_autograd_framework():
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|torchvision|jax|tensorflow)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in PACKAGE_FILES if pattern.search(p.read_text())]
+    assert not offenders, f"minimaskrcnn/ must not import an autograd framework: {offenders}"
+
+
+def test_package_never_allows_pickle():
+    offenders = [str(p.relative_to(ROOT)) for p in PACKAGE_FILES if "allow_pickle=True" in p.read_text()]
+    assert not offenders, offenders
+
+
+def test_cupy_is_imported_only_by_the_backend():
+    pattern = re.compile(r"^\s*(import|from)\s+cupy", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in PACKAGE_FILES
+                 if pattern.search(p.read_text()) and p.name != "backend.py"]
+    assert not offenders, offenders
+
+
+def test_ruff_lint_is_clean():
+    ruff = shutil.which("ruff", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -r requirements.txt installs it)")
+    result = subprocess.run([ruff, "check", "minimaskrcnn", "tests", "tools", "bench"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
