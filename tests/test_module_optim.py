@@ -69,8 +69,8 @@ def test_gradients_accumulate_until_zero_grad(rng):
 def test_eval_mode_keeps_no_cache_and_refuses_backward(rng):
     conv = nn.Conv2d(2, 2, 3).eval()
     conv(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
-    assert conv._cache is None
-    with pytest.raises(RuntimeError, match="training-mode forward"):
+    assert conv._tape == []
+    with pytest.raises(RuntimeError, match="matching training-mode forward"):
         conv.backward(np.zeros((1, 2, 3, 3), np.float32))
 
 
@@ -173,3 +173,21 @@ def test_tiny_cnn_overfits_a_small_batch(rng):
         opt.step()
         losses.append(loss)
     assert losses[-1] < losses[0] / 10
+
+
+def test_a_module_used_twice_is_taken_back_in_reverse_order(rng):
+    """The tape: two forwards, two backwards (last first); the weight gradient is the sum of both uses."""
+    conv = nn.Conv2d(2, 3, 3, padding=1, dtype="float64")
+    a, b = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((2, 2, 4, 6))
+    conv(a)
+    conv(b)
+    da_out, db_out = rng.standard_normal((1, 3, 5, 5)), rng.standard_normal((2, 3, 4, 6))
+    db_in = conv.backward(db_out)
+    da_in = conv.backward(da_out)
+    assert da_in.shape == a.shape and db_in.shape == b.shape
+    w = conv.weight.data
+    num = numerical_gradient(lambda _: np.sum(conv(a) * da_out) + np.sum(conv(b) * db_out), w)
+    conv.free_cache()
+    assert rel_error(conv.weight.grad, num) < 1e-7
+    with pytest.raises(RuntimeError):
+        conv.backward(da_out)

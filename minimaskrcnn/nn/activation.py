@@ -22,11 +22,9 @@ def relu_backward(dout, cache):
 class ReLU(Module):
     def forward(self, x):
         out, mask = relu_forward(x)
-        self._cache = mask if self.training else None
+        self.save_for_backward(mask)
         return out
 
     def backward(self, dout):
-        mask, self._cache = self._cache, None
-        if mask is None:
-            raise RuntimeError("ReLU.backward called without a training-mode forward before it")
+        mask = self.saved()
         return relu_backward(dout, mask)

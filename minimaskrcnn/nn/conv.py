@@ -235,14 +235,11 @@ class Conv2d(Module):
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
         out, cache = conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups)
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("Conv2d.backward called without a training-mode forward before it")
-        dx, dw, db = conv2d_backward(dout, self._cache)
-        self._cache = None
+        dx, dw, db = conv2d_backward(dout, self.saved())
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -273,14 +270,11 @@ class ConvTranspose2d(Module):
         b = self.bias.data if self.bias is not None else None
         out, cache = conv_transpose2d_forward(x, self.weight.data, b, self.stride, self.padding,
                                               self.output_padding, self.groups)
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("ConvTranspose2d.backward called without a training-mode forward before it")
-        dx, dw, db = conv_transpose2d_backward(dout, self._cache)
-        self._cache = None
+        dx, dw, db = conv_transpose2d_backward(dout, self.saved())
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

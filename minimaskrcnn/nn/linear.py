@@ -45,14 +45,11 @@ class Linear(Module):
 
     def forward(self, x):
         out, cache = linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        if self._cache is None:
-            raise RuntimeError("Linear.backward called without a training-mode forward before it")
-        dx, dw, db = linear_backward(dout, self._cache)
-        self._cache = None
+        dx, dw, db = linear_backward(dout, self.saved())
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
@@ -66,9 +63,9 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...)); backward restores the shape."""
 
     def forward(self, x):
-        self._cache = x.shape
+        self.save_for_backward(x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dout):
-        shape, self._cache = self._cache, None
+        shape = self.saved()
         return dout.reshape(shape)

@@ -6,9 +6,14 @@ plain attribute assignment as in PyTorch, so that names come out as ``backbone.b
 and a torchvision state_dict loads key for key.
 
 Contract for subclasses:
-    ``forward(x)`` computes the output and keeps in ``self._cache`` what ``backward`` needs;
-    ``backward(dout)`` returns the gradient for the input, adds parameter gradients into each
-    ``Parameter.grad`` (accumulating, so a module used twice gets the sum) and frees the cache.
+    ``forward(x)`` computes the output and, in training mode, keeps what ``backward`` needs with
+    ``self.save_for_backward(cache)``;
+    ``backward(dout)`` takes it back with ``self.saved()``, returns the gradient for the input and adds
+    parameter gradients into each ``Parameter.grad``.
+
+The saved caches form a stack (a tape): a module applied several times in one forward pass (the RPN
+head runs once per FPN level) is taken back through in the reverse order, each backward popping the
+cache of the matching forward, and its parameter gradients accumulate over the uses.
 """
 from __future__ import annotations
 
@@ -62,7 +67,7 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
-        object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_tape", [])
 
     # ---- registration -------------------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -130,10 +135,21 @@ class Module:
             p.requires_grad = flag
         return self
 
+    def save_for_backward(self, cache) -> None:
+        """Keep ``cache`` for the matching ``backward`` (only in training mode: eval keeps nothing)."""
+        if self.training:
+            self._tape.append(cache)
+
+    def saved(self):
+        """The cache of the most recent forward not yet taken back through, removed from the tape."""
+        if not self._tape:
+            raise RuntimeError(f"{type(self).__name__}.backward called without a matching training-mode forward")
+        return self._tape.pop()
+
     def free_cache(self) -> None:
-        """Drop every cached forward activation (e.g. after an inference forward in training mode)."""
+        """Drop every saved forward activation (e.g. after a forward that will not be followed by backward)."""
         for _, m in self.named_modules():
-            object.__setattr__(m, "_cache", None)
+            m._tape.clear()
 
     # ---- forward / backward -------------------------------------------------------------------
     def forward(self, *args, **kwargs):

@@ -165,13 +165,11 @@ class BatchNorm2d(Module):
                                         self.training, self.momentum, self.eps)
         if self.training:
             self.num_batches_tracked = self.num_batches_tracked + 1
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        cache, self._cache = self._cache, None
-        if cache is None:
-            raise RuntimeError("BatchNorm2d.backward called without a training-mode forward before it")
+        cache = self.saved()
         dx, dg, db = batch_norm_backward(dout, cache)
         self.weight.accumulate(dg)
         self.bias.accumulate(db)
@@ -196,13 +194,11 @@ class FrozenBatchNorm2d(Module):
     def forward(self, x):
         out, scale = frozen_batch_norm_forward(x, self.weight, self.bias, self.running_mean, self.running_var,
                                                self.eps)
-        self._cache = scale if self.training else None
+        self.save_for_backward(scale)
         return out
 
     def backward(self, dout):
-        scale, self._cache = self._cache, None
-        if scale is None:
-            raise RuntimeError("FrozenBatchNorm2d.backward called without a training-mode forward before it")
+        scale = self.saved()
         return frozen_batch_norm_backward(dout, scale)
 
     def extra_repr(self):
@@ -218,13 +214,11 @@ class GroupNorm(Module):
 
     def forward(self, x):
         out, cache = group_norm_forward(x, self.weight.data, self.bias.data, self.num_groups, self.eps)
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        cache, self._cache = self._cache, None
-        if cache is None:
-            raise RuntimeError("GroupNorm.backward called without a training-mode forward before it")
+        cache = self.saved()
         dx, dg, db = group_norm_backward(dout, cache)
         self.weight.accumulate(dg)
         self.bias.accumulate(db)

@@ -58,13 +58,11 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         out, cache = max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self._cache = cache if self.training else None
+        self.save_for_backward(cache)
         return out
 
     def backward(self, dout):
-        cache, self._cache = self._cache, None
-        if cache is None:
-            raise RuntimeError("MaxPool2d.backward called without a training-mode forward before it")
+        cache = self.saved()
         return max_pool2d_backward(dout, cache)
 
     def extra_repr(self):
