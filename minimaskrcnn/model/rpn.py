@@ -1,0 +1,205 @@
+"""Region Proposal Network (Faster R-CNN, Ren et al. 2015; with FPN, Lin et al. 2017), paper §3.
+
+A small head slides over every FPN level and predicts, for each of A anchors per location, an
+objectness logit and 4 box deltas. Training labels anchors by IoU with the ground truth (>= 0.7
+positive, < 0.3 negative, plus each GT's best anchor), samples 256 per image at up to 50% positives,
+and applies sigmoid cross-entropy and smooth L1. Proposals are the decoded boxes of the top-scoring
+anchors per level, clipped, NMS'd at 0.7 across each level, and cut to the best ``post_nms_top_n``.
+
+Proposals are constants for the rest of the network ("approximate joint training"): no gradient flows
+through the box decoding, only through the objectness and delta predictions.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn
+from ..backend import get_xp, to_numpy
+from ..nn.activation import relu_backward, relu_forward
+from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward,
+                         smooth_l1_backward, smooth_l1_forward)
+from ..ops.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
+from ..ops.matcher import Matcher
+from ..ops.sampler import BalancedPositiveNegativeSampler
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then two sibling 1x1 convs: ``cls_logits`` (A channels) and ``bbox_pred`` (4A).
+
+    The same weights run on every level; the module tape takes the levels back in reverse order.
+    Names follow torchvision (``conv.0.0``, ``cls_logits``, ``bbox_pred``); init N(0, 0.01), zero bias.
+    """
+
+    def __init__(self, in_channels, num_anchors, conv_depth=1, dtype="float32"):
+        super().__init__()
+        self.conv = nn.Sequential(*[nn.Sequential(nn.Conv2d(in_channels, in_channels, 3, padding=1, dtype=dtype))
+                                    for _ in range(conv_depth)])
+        self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1, dtype=dtype)
+        self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 1, dtype=dtype)
+        for _, m in self.named_modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = nn.init.normal(m.weight.shape, 0.01, dtype)
+                m.bias.data[...] = 0
+
+    def forward(self, features):
+        """features: list of (N, C, H, W). Returns (logits list of (N, A, H, W), deltas list of (N, 4A, H, W))."""
+        logits, deltas, masks = [], [], []
+        for f in features:
+            t = f
+            for block in self.conv:
+                t, m = relu_forward(block(t))
+                masks.append(m)
+            logits.append(self.cls_logits(t))
+            deltas.append(self.bbox_pred(t))
+        self.save_for_backward(masks)
+        return logits, deltas
+
+    def backward(self, d_logits, d_deltas):
+        """Gradients for each level's logits and deltas -> gradients for each level's features."""
+        masks = self.saved()
+        depth = len(self.conv)
+        d_feats = []
+        for lvl in range(len(d_logits) - 1, -1, -1):  # reverse order of the forward's levels
+            dt = self.cls_logits.backward(d_logits[lvl]) + self.bbox_pred.backward(d_deltas[lvl])
+            for k in range(depth - 1, -1, -1):
+                dt = self.conv[k].backward(relu_backward(dt, masks[lvl * depth + k]))
+            d_feats.append(dt)
+        return d_feats[::-1]
+
+
+def flatten_level(x, N, A, C):
+    """(N, A*C, H, W) -> (N, H*W*A, C): one row per anchor, in the anchor generator's order
+    (location-major, then the A anchors of a location)."""
+    _, _, H, W = x.shape
+    return x.reshape(N, A, C, H, W).transpose(0, 3, 4, 1, 2).reshape(N, H * W * A, C)
+
+
+def unflatten_level(d, N, A, C, H, W):
+    """Inverse of :func:`flatten_level`: (N, H*W*A, C) -> (N, A*C, H, W)."""
+    return d.reshape(N, H, W, A, C).transpose(0, 3, 4, 1, 2).reshape(N, A * C, H, W)
+
+
+class RegionProposalNetwork(nn.Module):
+    """Anchors, head, proposals and the RPN loss (torchvision's ``RegionProposalNetwork``, same defaults).
+
+    ``forward(features, image_sizes, batch_shape, targets=None, rng=None)`` returns
+    ``(proposals, losses)``: per image an (P, 4) array of proposals in the padded batch's pixel
+    coordinates, and in training ``{'loss_objectness', 'loss_rpn_box_reg'}``. ``backward()`` then returns
+    the gradient of the sum of the two losses for every feature level.
+    """
+
+    def __init__(self, anchor_generator, head, fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
+                 positive_fraction=0.5, pre_nms_top_n=(2000, 1000), post_nms_top_n=(2000, 1000), nms_thresh=0.7,
+                 score_thresh=0.0, min_size=1e-3, box_loss_beta=1.0 / 9):
+        super().__init__()
+        self.anchor_generator = anchor_generator
+        self.head = head
+        self.box_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.matcher = Matcher(fg_iou_thresh, bg_iou_thresh, allow_low_quality_matches=True)
+        self.sampler = BalancedPositiveNegativeSampler(batch_size_per_image, positive_fraction)
+        self.pre_nms_top_n = dict(zip(("training", "testing"), pre_nms_top_n))
+        self.post_nms_top_n = dict(zip(("training", "testing"), post_nms_top_n))
+        self.nms_thresh, self.score_thresh, self.min_size = nms_thresh, score_thresh, min_size
+        self.box_loss_beta = box_loss_beta
+
+    def _mode(self):
+        return "training" if self.training else "testing"
+
+    def forward(self, features, image_sizes, batch_shape, targets=None, rng=None):
+        N = features[0].shape[0]
+        logits, deltas = self.head(features)
+        anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features])  # (sum H*W*A, 4)
+        A = logits[0].shape[1]
+        per_level = [lg.shape[2] * lg.shape[3] * A for lg in logits]
+        obj = self._cat([flatten_level(lg, N, A, 1)[..., 0] for lg in logits])    # (N, sum)
+        dlt = self._cat([flatten_level(d, N, A, 4) for d in deltas])               # (N, sum, 4)
+        proposals = self.filter_proposals(obj, dlt, anchors, per_level, image_sizes)
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("RegionProposalNetwork: training needs targets")
+            losses, loss_cache = self.compute_loss(obj, dlt, anchors, targets, rng)
+            self.save_for_backward(([lg.shape for lg in logits], A, per_level, loss_cache))
+        return proposals, losses
+
+    @staticmethod
+    def _cat(parts):
+        return get_xp(parts[0]).concatenate(parts, axis=1)
+
+    def filter_proposals(self, obj, deltas, anchors, per_level, image_sizes):
+        """Per image: top-k anchors per level by objectness, decode, clip, drop tiny boxes, NMS per level,
+        keep the best ``post_nms_top_n``. Returns a list of (P_i, 4) proposal arrays."""
+        xp = get_xp(obj)
+        N = obj.shape[0]
+        pre_n, post_n = self.pre_nms_top_n[self._mode()], self.post_nms_top_n[self._mode()]
+        # Indices of the top-k logits of each level (k = min(pre_nms_top_n, anchors in the level)).
+        starts = np.cumsum([0] + per_level)
+        idx = []
+        for lvl, n in enumerate(per_level):
+            k = min(pre_n, n)
+            part = obj[:, starts[lvl]:starts[lvl] + n]
+            top = xp.argpartition(-part, k - 1, axis=1)[:, :k] if k < n else xp.broadcast_to(xp.arange(n), (N, n))
+            order = xp.argsort(-xp.take_along_axis(part, top, axis=1), axis=1, kind="stable")
+            idx.append(xp.take_along_axis(top, order, axis=1) + starts[lvl])
+        lvl_ids = xp.concatenate([xp.full(i.shape[1], lvl) for lvl, i in enumerate(idx)])
+        idx = xp.concatenate(idx, axis=1)                                              # (N, K)
+        out = []
+        for i in range(N):
+            sel = idx[i]
+            boxes = self.box_coder.decode_single(deltas[i, sel], anchors[sel])
+            scores = 1.0 / (1.0 + xp.exp(-obj[i, sel]))
+            boxes = clip_boxes_to_image(boxes, image_sizes[i])
+            keep = remove_small_boxes(boxes, self.min_size)
+            boxes, scores, lv = boxes[keep], scores[keep], lvl_ids[keep]
+            keep = xp.nonzero(scores >= self.score_thresh)[0]
+            boxes, scores, lv = boxes[keep], scores[keep], lv[keep]
+            keep = batched_nms(boxes, scores, lv, self.nms_thresh)[:post_n]
+            out.append(boxes[keep])
+        return out
+
+    def compute_loss(self, obj, deltas, anchors, targets, rng):
+        """Label anchors (IoU >= 0.7 / < 0.3 / best anchor of each GT), sample 256 per image, and return
+        ``loss_objectness`` (sigmoid BCE, mean over sampled) and ``loss_rpn_box_reg`` (smooth L1 over the
+        sampled positives, summed and divided by the number sampled)."""
+        xp = get_xp(obj)
+        labels, reg_targets = [], []
+        for t in targets:
+            gt = t["boxes"]
+            if gt.shape[0] == 0:
+                labels.append(xp.zeros(anchors.shape[0], np.float32))
+                reg_targets.append(xp.zeros(anchors.shape, obj.dtype))
+                continue
+            matched = self.matcher(box_iou(gt, anchors))
+            lab = (matched >= 0).astype(np.float32)
+            lab[matched == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels.append(lab)
+            reg_targets.append(self.box_coder.encode_single(gt[xp.maximum(matched, 0)], anchors).astype(obj.dtype))
+        pos, neg = self.sampler([to_numpy(lab).astype(np.int64) for lab in labels], rng)
+        pos, neg = np.concatenate(pos), np.concatenate(neg)   # over the batch, rows of the flattened anchors
+        sampled = xp.asarray(np.nonzero(pos | neg)[0])
+        pos_idx = xp.asarray(np.nonzero(pos)[0])
+        obj_flat, dlt_flat = obj.reshape(-1), deltas.reshape(-1, 4)
+        labels = xp.concatenate(labels).astype(obj.dtype)
+        reg_targets = xp.concatenate(reg_targets)
+        loss_obj, c_obj = binary_cross_entropy_with_logits_forward(obj_flat[sampled], labels[sampled])
+        loss_box, c_box = smooth_l1_forward(dlt_flat[pos_idx], reg_targets[pos_idx], self.box_loss_beta,
+                                            normalizer=max(int(sampled.shape[0]), 1))
+        losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
+        return losses, (sampled, pos_idx, c_obj, c_box, obj.shape)
+
+    def backward(self, scale: float = 1.0):
+        """Gradient of ``scale * (loss_objectness + loss_rpn_box_reg)`` for each feature level."""
+        shapes, A, per_level, (sampled, pos_idx, c_obj, c_box, (N, total)) = self.saved()
+        xp = get_xp(sampled)
+        d_obj = xp.zeros(N * total, c_obj[0].dtype)
+        d_obj[sampled] = binary_cross_entropy_with_logits_backward(scale, c_obj)
+        d_dlt = xp.zeros((N * total, 4), c_obj[0].dtype)
+        d_dlt[pos_idx] = smooth_l1_backward(scale, c_box)
+        d_obj, d_dlt = d_obj.reshape(N, total), d_dlt.reshape(N, total, 4)
+        starts = np.cumsum([0] + per_level)
+        d_logits, d_deltas = [], []
+        for lvl, (n, (_, _, H, W)) in enumerate(zip(per_level, shapes)):
+            a, b = starts[lvl], starts[lvl] + n
+            d_logits.append(unflatten_level(d_obj[:, a:b, None], N, A, 1, H, W))
+            d_deltas.append(unflatten_level(d_dlt[:, a:b], N, A, 4, H, W))
+        return self.head.backward(d_logits, d_deltas)
