@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from ..backend import get_xp, to_numpy
+from ..backend import get_xp
 from ..nn.activation import relu_backward, relu_forward
 from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward,
                          smooth_l1_backward, smooth_l1_forward, softmax_cross_entropy_backward,
@@ -174,15 +174,15 @@ class RoIHeads(nn.Module):
             lab[m == Matcher.BETWEEN_THRESHOLDS] = -1
             matched.append(xp.maximum(m, 0))
             labels.append(lab)
-        pos, neg = self.sampler([to_numpy(lab) for lab in labels], rng)
+        pos, neg = self.sampler(labels, rng)
         out = []
         for p, m, lab, ps, ng, t in zip(props, matched, labels, pos, neg, targets):
-            keep = xp.asarray(np.nonzero(ps | ng)[0])
+            keep = xp.nonzero(ps | ng)[0]
             p, m, lab = p[keep], m[keep], lab[keep]
             gt = t["boxes"].astype(p.dtype)
-            if gt.shape[0] == 0:
-                gt = xp.zeros((1, 4), p.dtype)
-            out.append((p, m, lab, self.box_coder.encode_single(gt[m], p).astype(p.dtype)))
+            # (an image without objects has only background samples: their regression targets are unused)
+            reg = self.box_coder.encode(gt[m], p) if gt.shape[0] else xp.zeros_like(p)
+            out.append((p, m, lab, reg))
         return out
 
     def forward_train(self, features, proposals, image_sizes, targets, rng):
@@ -283,8 +283,8 @@ class RoIHeads(nn.Module):
         results = []
         for i, p in enumerate(proposals):
             a, b = starts[i], starts[i + 1]
-            boxes = self.box_coder.decode(box_regression[a:b], p)                    # (P, K, 4)
-            boxes = clip_boxes_to_image(boxes.reshape(-1, 4), image_sizes[i]).reshape(-1, K, 4)
+            boxes = self.box_coder.decode(box_regression[a:b], p).reshape(-1, K, 4)   # one box per class
+            boxes = clip_boxes_to_image(boxes, image_sizes[i])
             # drop the background column, then one candidate per (proposal, class)
             boxes = boxes[:, 1:].reshape(-1, 4)
             scores = probs[a:b, 1:].reshape(-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from ..backend import get_xp, to_numpy
+from ..backend import device_of, get_xp
 from ..nn.activation import relu_backward, relu_forward
 from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward,
                          smooth_l1_backward, smooth_l1_forward)
@@ -108,7 +108,8 @@ class RegionProposalNetwork(nn.Module):
     def forward(self, features, image_sizes, batch_shape, targets=None, rng=None):
         N = features[0].shape[0]
         logits, deltas = self.head(features)
-        anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features])  # (sum H*W*A, 4)
+        anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], dtype=features[0].dtype,
+                                        device=device_of(features[0]))                   # (sum H*W*A, 4)
         A = logits[0].shape[1]
         per_level = [lg.shape[2] * lg.shape[3] * A for lg in logits]
         obj = self._cat([flatten_level(lg, N, A, 1)[..., 0] for lg in logits])    # (N, sum)
@@ -146,7 +147,7 @@ class RegionProposalNetwork(nn.Module):
         out = []
         for i in range(N):
             sel = idx[i]
-            boxes = self.box_coder.decode_single(deltas[i, sel], anchors[sel])
+            boxes = self.box_coder.decode(deltas[i, sel], anchors[sel])
             scores = 1.0 / (1.0 + xp.exp(-obj[i, sel]))
             boxes = clip_boxes_to_image(boxes, image_sizes[i])
             keep = remove_small_boxes(boxes, self.min_size)
@@ -164,20 +165,20 @@ class RegionProposalNetwork(nn.Module):
         xp = get_xp(obj)
         labels, reg_targets = [], []
         for t in targets:
-            gt = t["boxes"]
+            gt = t["boxes"].astype(anchors.dtype)
             if gt.shape[0] == 0:
-                labels.append(xp.zeros(anchors.shape[0], np.float32))
+                labels.append(xp.zeros(anchors.shape[0], np.int64))
                 reg_targets.append(xp.zeros(anchors.shape, obj.dtype))
                 continue
             matched = self.matcher(box_iou(gt, anchors))
-            lab = (matched >= 0).astype(np.float32)
-            lab[matched == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            lab = (matched >= 0).astype(np.int64)
+            lab[matched == Matcher.BETWEEN_THRESHOLDS] = -1
             labels.append(lab)
-            reg_targets.append(self.box_coder.encode_single(gt[xp.maximum(matched, 0)], anchors).astype(obj.dtype))
-        pos, neg = self.sampler([to_numpy(lab).astype(np.int64) for lab in labels], rng)
-        pos, neg = np.concatenate(pos), np.concatenate(neg)   # over the batch, rows of the flattened anchors
-        sampled = xp.asarray(np.nonzero(pos | neg)[0])
-        pos_idx = xp.asarray(np.nonzero(pos)[0])
+            reg_targets.append(self.box_coder.encode(gt[xp.maximum(matched, 0)], anchors).astype(obj.dtype))
+        pos, neg = self.sampler(labels, rng)
+        pos, neg = xp.concatenate(pos), xp.concatenate(neg)   # over the batch, rows of the flattened anchors
+        sampled = xp.nonzero(pos | neg)[0]
+        pos_idx = xp.nonzero(pos)[0]
         obj_flat, dlt_flat = obj.reshape(-1), deltas.reshape(-1, 4)
         labels = xp.concatenate(labels).astype(obj.dtype)
         reg_targets = xp.concatenate(reg_targets)

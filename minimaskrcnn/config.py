@@ -1,0 +1,156 @@
+"""Model configurations: one dataclass with every knob, and the named configurations built from it.
+
+- :func:`tiny`: a small ResNet-FPN that trains on a laptop CPU on 128 px images (the demo).
+- :func:`resnet18_fpn`: torchvision's ``MaskRCNN(resnet_fpn_backbone('resnet18'))``, same architecture.
+- :func:`r50_fpn`: the paper's ResNet-50-FPN, torchvision's ``maskrcnn_resnet50_fpn`` (its weights load 1:1).
+- :func:`r50_c4`: the paper's ResNet-50-C4 (res5 as the RoI head, 14x14 masks).
+
+Defaults are torchvision's, which follow the paper (§3.1) and Detectron.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MaskRCNNConfig:
+    num_classes: int                                  # including the background class 0
+    # backbone (paper §3 "Network Architecture")
+    architecture: str = "fpn"                         # 'fpn' or 'c4'
+    depth: int = 50
+    groups: int = 1                                   # ResNeXt cardinality
+    width_per_group: int = 64
+    norm: str = "frozen_bn"                           # 'frozen_bn' | 'bn' | 'gn'
+    stage_widths: tuple = (64, 128, 256, 512)
+    stem_channels: int = 64
+    frozen_stages: int = 2                            # stem + layer1 frozen (torchvision's trainable_layers=3)
+    fpn_channels: int = 256
+    fpn_norm: str | None = None
+    # anchors: areas 32^2..512^2 on P2..P6, ratios 1:2, 1:1, 2:1
+    anchor_sizes: tuple = ((32,), (64,), (128,), (256,), (512,))
+    aspect_ratios: tuple = (0.5, 1.0, 2.0)
+    # RPN
+    rpn_conv_depth: int = 1
+    rpn_pre_nms_top_n: tuple = (2000, 1000)           # (training, testing), per level
+    rpn_post_nms_top_n: tuple = (2000, 1000)          # (training, testing), per image
+    rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_score_thresh: float = 0.0
+    # RoI heads
+    roi_op: str = "align"                             # 'align' | 'warp' | 'pool' (Table 2c)
+    roi_mode: str = "avg"                             # 'avg' | 'max'
+    roi_aligned: bool = False                         # torchvision's default; Detectron2 uses True
+    roi_impl: str = "numpy"                           # 'numpy' | 'kernel'
+    sampling_ratio: int = 2
+    box_pool_size: int = 7
+    mask_pool_size: int = 14
+    representation_size: int = 1024
+    mask_layers: tuple = (256, 256, 256, 256)
+    mask_dim_reduced: int = 256
+    mask_head: str = "fcn"                            # 'fcn' (paper) or 'mlp' (Table 2e)
+    mask_loss: str = "sigmoid"                        # 'sigmoid' (paper) or 'softmax' (Table 2b)
+    class_agnostic_masks: bool = False
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    # input (torchvision's GeneralizedRCNNTransform)
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: tuple = IMAGENET_MEAN
+    image_std: tuple = IMAGENET_STD
+    size_divisible: int = 32
+    # training schedule (paper §3.1 for 16 images per batch: lr 0.02, momentum 0.9, weight decay 1e-4)
+    images_per_batch: int = 2
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_factor: float = 1.0 / 1000
+    lr_steps: tuple = (120000,)
+    max_iters: int = 160000
+    hflip_prob: float = 0.5
+    dtype: str = "float32"
+    seed: int = 0
+    class_names: tuple = field(default=())
+
+    def replace(self, **changes) -> "MaskRCNNConfig":
+        """A copy with some fields changed; unknown names raise ``ValueError``."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MaskRCNNConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config fields: {', '.join(unknown)}")
+        # JSON turns tuples into lists; turn them back (nested, for anchor_sizes)
+        def tup(v):
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+        return cls(**{k: tup(v) for k, v in d.items()})
+
+
+def _with(cfg: MaskRCNNConfig, overrides: dict) -> MaskRCNNConfig:
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def r50_fpn(num_classes: int = 91, **overrides) -> MaskRCNNConfig:
+    """ResNet-50-FPN (paper Table 2a/3): torchvision's ``maskrcnn_resnet50_fpn`` with frozen BN."""
+    return _with(MaskRCNNConfig(num_classes=num_classes), overrides)
+
+
+def r50_c4(num_classes: int = 81, **overrides) -> MaskRCNNConfig:
+    """ResNet-50-C4: RPN and RoIAlign on C4 (stride 16), res5 as the RoI head, 14x14 masks; 64 RoIs per
+    image for training, 300 proposals at test (paper §3.1); anchors of 5 sizes x 3 ratios on C4."""
+    cfg = MaskRCNNConfig(num_classes=num_classes, architecture="c4", anchor_sizes=((32, 64, 128, 256, 512),),
+                         rpn_pre_nms_top_n=(12000, 6000), rpn_post_nms_top_n=(2000, 300),
+                         box_batch_size_per_image=64, mask_pool_size=14, box_pool_size=14, mask_dim_reduced=256)
+    return _with(cfg, overrides)
+
+
+def resnet18_fpn(num_classes: int, min_size: int = 800, max_size: int = 1333, **overrides) -> MaskRCNNConfig:
+    """torchvision's ``MaskRCNN(resnet_fpn_backbone('resnet18', weights=None), num_classes)``: ResNet-18
+    with frozen BN, stem + layer1 frozen, FPN 256, the standard heads."""
+    cfg = MaskRCNNConfig(num_classes=num_classes, depth=18, min_size=min_size, max_size=max_size)
+    return _with(cfg, overrides)
+
+
+def tiny(num_classes: int, **overrides) -> MaskRCNNConfig:
+    """A small ResNet-FPN for learning on a CPU with 128 px images (the demo's model).
+
+    Trained from scratch, so BN is trainable (batch statistics) and nothing is frozen; channels are
+    narrow, anchors start at 16 px (objects on 128 px images are small), and fewer proposals and RoIs are
+    used: every choice trades a little accuracy for a lot of speed on 2 CPU cores.
+    """
+    cfg = MaskRCNNConfig(
+        num_classes=num_classes, depth=18, norm="bn", stage_widths=(16, 32, 64, 128), stem_channels=16,
+        frozen_stages=0, fpn_channels=64, anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
+        rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150), rpn_batch_size_per_image=128,
+        representation_size=256, mask_layers=(64, 64), mask_dim_reduced=64, box_batch_size_per_image=128,
+        min_size=128, max_size=128, images_per_batch=4, lr=0.02, warmup_iters=100, lr_steps=(1500,),
+        max_iters=2000, detections_per_img=30)
+    return _with(cfg, overrides)
+
+
+CONFIGS = {"tiny": tiny, "resnet18_fpn": resnet18_fpn, "r50_fpn": r50_fpn, "r50_c4": r50_c4}
+
+
+def get_config(name: str, num_classes: int, **overrides) -> MaskRCNNConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}")
+    return CONFIGS[name](num_classes=num_classes, **overrides)
