@@ -191,3 +191,15 @@ def test_a_module_used_twice_is_taken_back_in_reverse_order(rng):
     assert rel_error(conv.weight.grad, num) < 1e-7
     with pytest.raises(RuntimeError):
         conv.backward(da_out)
+
+
+def test_modules_check_their_arguments_when_built():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.Conv2d(5, 4, 3, groups=2)
+    with pytest.raises(ValueError, match="divisible by groups"):
+        nn.ConvTranspose2d(4, 6, 2, groups=4)
+    with pytest.raises(RuntimeError, match="without a matching"):
+        nn.Flatten().backward(np.ones((2, 3)))
+    lin = nn.Linear(2, 2)  # float32
+    with pytest.raises(ValueError, match="float64"):
+        check_directional(lambda: 0.0, {"w": lin.weight.data}, {"w": lin.weight.data})

@@ -220,6 +220,12 @@ def conv_transpose2d_backward(dout, cache):
     return dx, dw, db
 
 
+def _check_groups(in_channels, out_channels, groups, op):
+    if not isinstance(groups, int) or groups < 1 or in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: in_channels={in_channels} and out_channels={out_channels} must both be divisible "
+                         f"by groups={groups!r}")
+
+
 class Conv2d(Module):
     """A conv2d layer with parameters ``weight`` (C_out, C_in/groups, kh, kw) and ``bias`` (C_out,)."""
 
@@ -227,6 +233,7 @@ class Conv2d(Module):
                  bias=True, dtype="float32"):
         super().__init__()
         kh, kw = pair(kernel_size, "kernel_size", 1, "Conv2d")
+        _check_groups(in_channels, out_channels, groups, "Conv2d")
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.weight = Parameter(init.default_weight((out_channels, in_channels // groups, kh, kw), dtype))
         fan = in_channels // groups * kh * kw
@@ -260,6 +267,7 @@ class ConvTranspose2d(Module):
                  bias=True, dtype="float32"):
         super().__init__()
         kh, kw = pair(kernel_size, "kernel_size", 1, "ConvTranspose2d")
+        _check_groups(in_channels, out_channels, groups, "ConvTranspose2d")
         self.stride, self.padding, self.output_padding, self.groups = stride, padding, output_padding, groups
         # PyTorch computes fan_in from weight.shape[1] * kh * kw for transposed convs.
         self.weight = Parameter(init.default_weight((in_channels, out_channels // groups, kh, kw), dtype))
@@ -282,4 +290,6 @@ class ConvTranspose2d(Module):
 
     def extra_repr(self):
         ci, co, kh, kw = self.weight.shape
-        return f"{ci}, {co * self.groups}, kernel_size=({kh}, {kw}), stride={self.stride}"
+        return (f"{ci}, {co * self.groups}, kernel_size=({kh}, {kw}), stride={self.stride}, padding={self.padding}"
+                + (f", output_padding={self.output_padding}" if self.output_padding else "")
+                + (f", groups={self.groups}" if self.groups != 1 else ""))

@@ -102,6 +102,10 @@ def check_directional(loss: Callable[[], float], params: dict, grads: dict, h: f
 
     Returns the relative error ``|a - n| / max(|a| + |n|)`` of the two scalars.
     """
+    for name, p in params.items():
+        if p.dtype != np.float64:
+            raise ValueError(f"check_directional: parameter {name!r} is {p.dtype}; use float64 "
+                             "(model.astype('float64')) for a meaningful check")
     rng = np.random.default_rng(seed)
     dirs = {}
     analytic = 0.0

@@ -54,7 +54,7 @@ def max_pool2d_backward(dout, cache):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.kernel_size, self.stride, self.padding = kernel_size, kernel_size if stride is None else stride, padding
 
     def forward(self, x):
         out, cache = max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
