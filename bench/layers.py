@@ -1,0 +1,91 @@
+"""Throughput of our conv2d (forward and backward) against NumPy's own float32 GEMM on the same machine.
+
+    python bench/layers.py [--repeats 9] [--quick]
+
+Prints JSON. For each ResNet-like shape: the conv's GFLOP/s (2 * C_out * C_in/g * kh * kw * N * Ho * Wo
+multiply-adds per forward; twice that for backward, which computes both dx and dw), the GFLOP/s of
+``A @ B`` for the very GEMM the conv reduces to (C_out x K times K x N*Ho*Wo), and the ratios. A large
+square GEMM gives the machine's peak for reference. All figures are medians of ``--repeats`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from minimaskrcnn.nn.functional import conv2d_backward, conv2d_forward  # noqa: E402
+
+CASES = [
+    # name, N, C_in, C_out, k, stride, H(=W)
+    ("3x3 64->64 @64x64", 2, 64, 64, 3, 1, 64),
+    ("3x3 256->256 @32x32", 2, 256, 256, 3, 1, 32),
+    ("1x1 256->64 @64x64", 2, 256, 64, 1, 1, 64),
+    ("3x3/2 128->256 @64x64", 2, 128, 256, 3, 2, 64),
+]
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up (allocations, BLAS threads)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, for a smoke test")
+    args = ap.parse_args()
+    reps = 2 if args.quick else args.repeats
+    rng = np.random.default_rng(0)
+
+    n = 2048
+    A = rng.standard_normal((n, n), dtype=np.float32)
+    B = rng.standard_normal((n, n), dtype=np.float32)
+    peak = 2 * n ** 3 / median_time(lambda: A @ B, reps) / 1e9
+
+    results = []
+    for name, N, C, Co, k, s, H in CASES:
+        x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+        w = rng.standard_normal((Co, C, k, k), dtype=np.float32) * 0.05
+        b = rng.standard_normal(Co, dtype=np.float32)
+        p = k // 2
+        out, cache = conv2d_forward(x, w, b, s, p)
+        P = out.shape[2] * out.shape[3]
+        K = C * k * k
+        flops = 2.0 * Co * K * N * P
+        t_fwd = median_time(lambda: conv2d_forward(x, w, b, s, p), reps)
+        dout = rng.standard_normal(out.shape, dtype=np.float32)
+        t_bwd = median_time(lambda: conv2d_backward(dout, cache), reps)
+        Wm = rng.standard_normal((Co, K), dtype=np.float32)
+        cols = rng.standard_normal((K, N * P), dtype=np.float32)
+        gemm = flops / median_time(lambda: Wm @ cols, reps) / 1e9
+        fwd, bwd = flops / t_fwd / 1e9, 2 * flops / t_bwd / 1e9
+        results.append({"case": name, "fwd_ms": round(t_fwd * 1e3, 2), "bwd_ms": round(t_bwd * 1e3, 2),
+                        "fwd_gflops": round(fwd, 1), "bwd_gflops": round(bwd, 1),
+                        "same_shape_gemm_gflops": round(gemm, 1),
+                        "fwd_vs_same_gemm": round(fwd / gemm, 3), "bwd_vs_same_gemm": round(bwd / gemm, 3),
+                        "fwd_vs_peak_gemm": round(fwd / peak, 3), "bwd_vs_peak_gemm": round(bwd / peak, 3)})
+    report = {
+        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__},
+        "repeats": reps,
+        "peak_gemm_gflops_2048": round(peak, 1),
+        "cases": results,
+        "median_fwd_vs_same_gemm": round(float(np.median([r["fwd_vs_same_gemm"] for r in results])), 3),
+        "median_bwd_vs_same_gemm": round(float(np.median([r["bwd_vs_same_gemm"] for r in results])), 3),
+        "goal": "forward >= 0.70 and backward >= 0.60 of GEMM throughput",
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
