@@ -114,8 +114,55 @@ def shape_area(category: str, size: float, aspect: float) -> float:
     return np.sqrt(3.0) / 4 * (0.9 * size) ** 2
 
 
+def visible_masks(shapes: np.ndarray) -> np.ndarray:
+    """The visible part of each of G shapes drawn in order: a pixel belongs to the last shape covering it.
+
+    Args:
+        shapes: (G, S, S) bool, each object's full silhouette (inside the image).
+    Returns:
+        (G, S, S) bool, disjoint.
+    """
+    owner = np.full(shapes.shape[1:], -1, dtype=np.int64)             # which object owns each pixel
+    for k, shape in enumerate(shapes):
+        owner[shape] = k                                                # later objects paint over
+    return owner[None] == np.arange(len(shapes))[:, None, None]
+
+
+def place_shapes(rng: np.random.Generator, image_size: int = 128, max_objects: int = 4,
+                 object_size: tuple[float, float] = (10, 60), min_visible: float = 0.5):
+    """Choose 1..max_objects shapes and where they go: (G, S, S) bool silhouettes and (G,) category ids.
+
+    Each candidate (category, size, aspect, centre, angle) is accepted when at least ``IN_IMAGE`` of its
+    area lies inside the image and, once it is drawn on top, every object (itself included) still shows
+    ``min_visible`` of its silhouette and at least ``MIN_VISIBLE_PIXELS`` pixels; otherwise another
+    place is tried, and after ``_PLACEMENT_TRIES`` the object is dropped.
+    """
+    names = [c["name"] for c in CATEGORIES]
+    shapes, labels = [], []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        label = int(rng.integers(1, len(names) + 1))
+        for _try in range(_PLACEMENT_TRIES):
+            size, aspect = rng.uniform(*object_size), rng.uniform(0.5, 1.0)
+            cx, cy = rng.uniform(0, image_size, size=2)
+            shape = shape_mask(names[label - 1], cx, cy, size, rng.uniform(0, 2 * np.pi), aspect, image_size)
+            if shape.sum() < max(MIN_VISIBLE_PIXELS, IN_IMAGE * shape_area(names[label - 1], size, aspect)):
+                continue                                                # too much outside the image
+            candidate = np.stack(shapes + [shape])                      # (G + 1, S, S)
+            visible = visible_masks(candidate).sum(axis=(1, 2))
+            full = candidate.sum(axis=(1, 2))
+            if np.all(visible >= np.maximum(MIN_VISIBLE_PIXELS, min_visible * full)):
+                shapes.append(shape)
+                labels.append(label)
+                break
+    if not labels:                    # practically unreachable with the defaults
+        raise RuntimeError(f"no object could be placed on a {image_size}x{image_size} image "
+                           f"with object_size={object_size}")
+    return np.stack(shapes), np.asarray(labels, dtype=np.int64)
+
+
 def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objects: int = 4,
-                      object_size: tuple[float, float] = (10, 60), min_visible: float = 0.5):
+                      object_size: tuple[float, float] = (10, 60), min_visible: float = 0.5,
+                      noise: tuple[float, float] = (2.0, 10.0)):
     """Draw one synthetic image and its instances.
 
     Args:
@@ -123,46 +170,24 @@ def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objec
         image_size: S, the image is S x S.
         max_objects: each image holds 1..max_objects objects (fewer when some cannot be placed).
         object_size: (low, high) of the uniform distribution of object extents, in pixels.
-        min_visible: the fraction of its in-image pixels every object keeps visible when later objects
-            are drawn over it (and at least 16 pixels). Independently, at least ``IN_IMAGE`` (3/4) of
-            each shape's area lies inside the image.
+        min_visible: the fraction of its silhouette every object keeps visible when later objects are
+            drawn over it (see :func:`place_shapes`).
+        noise: (low, high) of the uniform distribution of the Gaussian noise's sigma, in grey levels.
 
     Returns:
         image: (S, S, 3) uint8 RGB.
         masks: (G, S, S) bool, the visible pixels of each object, in drawing order (G >= 1).
         labels: (G,) int64 category ids (1 circle, 2 rectangle, 3 triangle).
     """
-    names = [c["name"] for c in CATEGORIES]
-    image = _gradient_background(rng, image_size)
-    owner = np.full((image_size, image_size), -1, dtype=np.int64)      # which object owns each pixel
-    areas, colours, labels = [], [], []                                 # areas: pixels when placed
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        label = int(rng.integers(1, len(names) + 1))
-        for _try in range(_PLACEMENT_TRIES):
-            size, aspect = rng.uniform(*object_size), rng.uniform(0.5, 1.0)
-            cx, cy = rng.uniform(0, image_size, size=2)
-            mask = shape_mask(names[label - 1], cx, cy, size, rng.uniform(0, 2 * np.pi), aspect, image_size)
-            inside = int(mask.sum())
-            if inside < max(MIN_VISIBLE_PIXELS, IN_IMAGE * shape_area(names[label - 1], size, aspect)):
-                continue                                                # too much outside the image
-            new_owner = np.where(mask, len(labels), owner)
-            visible = np.bincount(new_owner[new_owner >= 0], minlength=len(labels) + 1)
-            needed = np.maximum(MIN_VISIBLE_PIXELS, min_visible * np.array(areas + [inside]))
-            if np.all(visible >= needed):                               # nobody hidden too much
-                owner = new_owner
-                areas.append(inside)
-                under = image[min(int(cy), image_size - 1), min(int(cx), image_size - 1)]
-                colours.append(_contrasting_colour(rng, under))
-                labels.append(label)
-                break
-    if not labels:                    # unreachable with the defaults: the first object always fits
-        raise RuntimeError(f"no object could be placed on a {image_size}x{image_size} image "
-                           f"with object_size={object_size}")
-    masks = owner[None] == np.arange(len(labels))[:, None, None]        # (G, S, S)
-    paint = np.asarray(colours)[np.maximum(owner, 0)]                    # (S, S, 3)
-    image = np.where((owner >= 0)[..., None], paint, image)
-    image = image + rng.normal(0.0, rng.uniform(2, 10), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, np.asarray(labels, dtype=np.int64)
+    background = _gradient_background(rng, image_size)                  # (S, S, 3) float
+    shapes, labels = place_shapes(rng, image_size, max_objects, object_size, min_visible)
+    masks = visible_masks(shapes)
+    image = background.copy()
+    for shape, mask in zip(shapes, masks, strict=True):
+        ys, xs = np.nonzero(shape)        # a colour that stands out from the background at the centroid
+        image[mask] = _contrasting_colour(rng, background[int(ys.mean()), int(xs.mean())])
+    image += rng.normal(0.0, rng.uniform(*noise), size=image.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, labels
 
 
 # ----------------------------------------------------------------------------------------------------
