@@ -9,12 +9,12 @@ One image (``image_size`` x ``image_size``, RGB):
 * background: a linear gradient between two random colours in a random direction;
 * 1..``max_objects`` objects, each a circle, a rotated rectangle (aspect 1:1 to 2:1) or a rotated
   equilateral triangle, ``object_size`` pixels across (default 10..60), in a flat random colour that
-  differs clearly from the background under it;
+  differs clearly from the background under it and from the other objects;
 * objects are drawn in order, so later ones occlude earlier ones; each object's mask is its *visible*
   pixels. A new object is only placed where every object keeps at least ``min_visible`` of its pixels
   (and 16 pixels at least), and at most a quarter of a shape may lie outside the image; otherwise another
-  place is tried, and after 20 failures the object is left
-  out. So no object is ever drawn without an annotation, and no annotation is a sliver;
+  place is tried, and after 20 failures the object is left out. So no object is ever drawn without an
+  annotation, and no annotation is a sliver;
 * Gaussian pixel noise over everything (sigma 2..10 grey levels).
 
 Rasterisation is NumPy on pixel centres ``(x + 0.5, y + 0.5)``, no anti-aliasing, so a mask is exactly
@@ -60,7 +60,7 @@ def shape_mask(category: str, cx: float, cy: float, size: float, angle: float, a
     Args:
         category: 'circle', 'rectangle' or 'triangle'.
         cx, cy: centre in pixels (continuous coordinates: pixel (i, j) covers [j, j+1) x [i, i+1)).
-        size: the object's extent in pixels (circle diameter, rectangle long side, triangle side * 0.9).
+        size: the object's extent in pixels: circle diameter, rectangle long side, triangle side / 0.9.
         angle: rotation in radians (ignored for circles).
         aspect: short side / long side of a rectangle, in (0, 1] (ignored otherwise).
     """
@@ -96,13 +96,14 @@ def _gradient_background(rng: np.random.Generator, image_size: int) -> np.ndarra
     return c0 + (c1 - c0) * ramp[..., None]
 
 
-def _contrasting_colour(rng: np.random.Generator, under: np.ndarray, min_distance: float = 90.0):
-    """A random RGB colour at least ``min_distance`` (Euclidean, 0..255 scale) from ``under``."""
+def _contrasting_colour(rng: np.random.Generator, avoid: list, min_distance: float = 80.0):
+    """A random RGB colour at least ``min_distance`` (Euclidean, 0..255 scale) from every colour in
+    ``avoid`` (the background under the object, and the objects drawn before it)."""
     for _ in range(100):
         colour = rng.uniform(0, 255, size=3)
-        if np.linalg.norm(colour - under) >= min_distance:
+        if all(np.linalg.norm(colour - a) >= min_distance for a in avoid):
             return colour
-    return 255.0 - under          # always far enough: only reached with vanishing probability
+    return np.where(avoid[0] < 127.5, 255.0, 0.0)   # the RGB cube's corner farthest from the background
 
 
 def shape_area(category: str, size: float, aspect: float) -> float:
@@ -182,10 +183,13 @@ def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objec
     background = _gradient_background(rng, image_size)                  # (S, S, 3) float
     shapes, labels = place_shapes(rng, image_size, max_objects, object_size, min_visible)
     masks = visible_masks(shapes)
-    image = background.copy()
+    image, colours = background.copy(), []
     for shape, mask in zip(shapes, masks, strict=True):
-        ys, xs = np.nonzero(shape)        # a colour that stands out from the background at the centroid
-        image[mask] = _contrasting_colour(rng, background[int(ys.mean()), int(xs.mean())])
+        # A colour that stands out from the background at the centroid and from the other objects, so
+        # that every occlusion boundary is visible.
+        ys, xs = np.nonzero(shape)
+        colours.append(_contrasting_colour(rng, [background[int(ys.mean()), int(xs.mean())], *colours]))
+        image[mask] = colours[-1]
     image += rng.normal(0.0, rng.uniform(*noise), size=image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, labels
 
