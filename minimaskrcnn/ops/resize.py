@@ -8,8 +8,9 @@ threshold of 0.5") and by the data pipeline to resize images.
 Output pixel ``i`` of an axis resized from ``n_in`` to ``n_out`` samples the input at the continuous
 coordinate ``src = (i + 0.5) * n_in / n_out - 0.5`` (pixel centres line up, "align_corners=False"),
 clamped below at 0, and interpolates linearly between its two neighbours ``floor(src)`` and
-``floor(src) + 1`` (the last pixel is repeated at the far edge). As PyTorch's CPU kernel, the
-coordinates and weights are computed in the input's float dtype, the width axis is interpolated first.
+``floor(src) + 1`` (the last pixel is repeated at the far edge). As in PyTorch's CPU kernel, the
+coordinates and weights are computed in the input's float dtype. (PyTorch's compiled kernel fuses
+multiply-adds, so float32 results agree with it to a few units in the last place, not bit for bit.)
 
 No anti-aliasing: shrinking by more than 2x skips input pixels, exactly like ``F.interpolate``. torchvision's
 detection transform resizes with ``recompute_scale_factor=True``, i.e. with the ratio ``n_in / n_out``
