@@ -1,0 +1,65 @@
+"""Bilinear resizing of the last two axes, as ``torch.nn.functional.interpolate(mode='bilinear',
+align_corners=False)``.
+
+Used to resize predicted masks to their box when pasting them into the image (Mask R-CNN §3,
+"Inference": "The m x m floating-number mask output is then resized to the RoI size, and binarized at a
+threshold of 0.5") and by the data pipeline to resize images.
+
+Output pixel ``i`` of an axis resized from ``n_in`` to ``n_out`` samples the input at the continuous
+coordinate ``src = (i + 0.5) * n_in / n_out - 0.5`` (pixel centres line up, "align_corners=False"),
+clamped below at 0, and interpolates linearly between its two neighbours ``floor(src)`` and
+``floor(src) + 1`` (the last pixel is repeated at the far edge). As in PyTorch's CPU kernel, the
+coordinates and weights are computed in the input's float dtype. (PyTorch's compiled kernel fuses
+multiply-adds, so float32 results agree with it to a few units in the last place, not bit for bit.)
+
+No anti-aliasing: shrinking by more than 2x skips input pixels, exactly like ``F.interpolate``. torchvision's
+detection transform resizes with ``recompute_scale_factor=True``, i.e. with the ratio ``n_in / n_out``
+of the integer sizes used here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_xp
+
+
+def linear_resize_weights(in_size: int, out_size: int, dtype=np.float32, xp=np):
+    """Neighbour indices and weights of a 1-D linear resize ``in_size -> out_size`` (align_corners=False).
+
+    Returns ``(i0, i1, w0, w1)``, each ``(out_size,)``: output ``k`` is
+    ``w0[k] * x[i0[k]] + w1[k] * x[i1[k]]``.
+    """
+    if int(in_size) < 1 or int(out_size) < 1:
+        raise ValueError(f"in_size and out_size must be >= 1, got {in_size} and {out_size}")
+    dtype = np.dtype(dtype)
+    scale = dtype.type(in_size) / dtype.type(out_size)
+    src = scale * (xp.arange(out_size, dtype=dtype) + dtype.type(0.5)) - dtype.type(0.5)
+    src = xp.maximum(src, dtype.type(0))  # output pixels near the border sample the border pixel
+    i0 = xp.minimum(xp.floor(src).astype(xp.int64), in_size - 1)
+    w1 = xp.clip(src - i0.astype(dtype), 0, 1)
+    i1 = i0 + (i0 < in_size - 1)  # at the last pixel both neighbours are the same pixel
+    return i0, i1, 1 - w1, w1
+
+
+def resize_bilinear(x, out_h: int, out_w: int):
+    """Resize the last two axes of ``x`` (..., h, w) to (..., out_h, out_w) by bilinear interpolation.
+
+    Matches ``F.interpolate(x, size=(out_h, out_w), mode='bilinear', align_corners=False)`` (for
+    ``(N, C, h, w)`` input; any number of leading axes is allowed here). ``x`` must be floating point;
+    the result has its dtype.
+    """
+    if not hasattr(x, "ndim") or x.ndim < 2:
+        raise ValueError(f"x must have shape (..., h, w), got {getattr(x, 'shape', type(x).__name__)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"x must be a floating-point array, got dtype {x.dtype} "
+                         f"(convert masks with .astype)")
+    if int(out_h) != out_h or int(out_w) != out_w or out_h < 1 or out_w < 1:
+        raise ValueError(f"out_h and out_w must be positive ints, got {out_h!r} and {out_w!r}")
+    xp = get_xp(x)
+    h, w = x.shape[-2:]
+    if h == 0 or w == 0:
+        raise ValueError(f"x must have non-empty spatial axes, got shape {tuple(x.shape)}")
+    y0, y1, wy0, wy1 = linear_resize_weights(h, int(out_h), x.dtype, xp)
+    x0, x1, wx0, wx1 = linear_resize_weights(w, int(out_w), x.dtype, xp)
+    cols = x[..., x0] * wx0 + x[..., x1] * wx1  # (..., h, out_w): along the width first
+    return cols[..., y0, :] * wy0[:, None] + cols[..., y1, :] * wy1[:, None]  # (..., out_h, out_w)

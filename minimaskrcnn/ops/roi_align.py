@@ -1,0 +1,380 @@
+"""RoIAlign (Mask R-CNN §3): a fixed-size feature grid for every RoI, with no rounding anywhere.
+
+RoIPool rounds the RoI to whole feature cells and its bins to whole cells again; at stride 16 a
+one-cell error is 16 image pixels, enough to spoil a 28x28 mask. RoIAlign keeps ``x / 16`` as it is,
+splits the RoI into ``PH x PW`` equal bins, reads ``sampling_ratio x sampling_ratio`` regularly spaced
+points in each bin by bilinear interpolation and averages them (or takes their max). Table 2c: +3
+mask AP over RoIPool at stride 16, +7 at stride 32 (Table 2d), most of it at AP75.
+
+Two implementations with one signature and identical results (to round-off):
+
+* ``impl="numpy"`` (this file): vectorised over RoIs, bins and samples. The averaging RoIAlign is a
+  *linear* map of the features, ``out = S @ F``, with ``S`` a sparse ``(K*PH*PW) x (N*H*W)`` matrix of
+  bilinear weights; forward multiplies by ``S``, backward by ``S.T``. ``S`` factorises per RoI and
+  bin into a y-part times an x-part, so it is built from small 1-D tables.
+* ``impl="kernel"``: the CUDA kernel ``kernels/roi_align.cu`` (cupy.RawKernel on CuPy arrays; the CPU
+  emulator of :mod:`minimaskrcnn.ops.rawkernel` on NumPy arrays), one thread per output value.
+
+Geometry, border rules and defaults follow ``torchvision.ops.roi_align`` exactly, so weights trained
+with torchvision behave the same here. RoIWarp (roi_warp.py) reuses this file with ``quantize=True``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backend import get_xp, scatter_add
+from ._roi_common import (check_roi_inputs, channels_last, chunks_by_size, round_half_away_from_zero,
+                          sparse_rows_matmul)
+from .rawkernel import get_kernel, launch_1d
+
+
+class RoIAlignCache(NamedTuple):
+    """What the backward pass needs: the forward's (validated) arguments, and for ``mode="max"`` the
+    winning sample of every output (``(K, C, PH, PW)`` int32, ``iy * grid_w + ix``, -1 for none)."""
+    features_shape: tuple
+    rois: object
+    output_size: tuple
+    spatial_scale: float
+    sampling_ratio: int
+    aligned: bool
+    quantize: bool
+    mode: str
+    impl: str
+    argmax: object
+
+
+def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                      mode="avg", impl="numpy"):
+    """RoIAlign: ``out[k, c, ph, pw]`` = mean (or max) of ``features[b_k, c]`` read by bilinear
+    interpolation at the sampling points of bin ``(ph, pw)`` of RoI ``k``.
+
+    Args:
+        features: (N, C, H, W) float32 or float64, NumPy or CuPy.
+        rois: (K, 5) rows ``(batch_index, x1, y1, x2, y2)`` in image pixels (cast to ``features.dtype``).
+        output_size: ``PH = PW = s`` for an int ``s``, or ``(PH, PW)``.
+        spatial_scale: feature cells per image pixel (1/16 for a stride-16 map).
+        sampling_ratio: sample points per bin along each axis; ``<= 0``: adaptive, ``ceil(bin size)``.
+        aligned: subtract half a cell from the scaled corners, so that a pixel's centre (not its
+            corner) sits at integer + 0.5 (Detectron2's fix); False reproduces the paper/torchvision.
+        mode: ``"avg"`` (the paper's default) or ``"max"`` over a bin's points (Table 2c compares both).
+        impl: ``"numpy"`` or ``"kernel"`` (see the module docstring).
+
+    Returns:
+        out: (K, C, PH, PW), ``features.dtype``; cache for :func:`roi_align_backward`.
+
+    Samples more than one cell outside the map read 0; samples in that one-cell margin are clamped
+    onto the border. Without ``aligned`` a RoI is at least 1x1 cell. Empty bins give 0.
+    """
+    return bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ratio, aligned, mode,
+                                impl, quantize=False, op="roi_align_forward")
+
+
+def roi_align_backward(dout, cache: RoIAlignCache):
+    """Gradient for ``features`` (N, C, H, W): each ``dout[k, c, ph, pw]`` goes back to the four cells
+    around every sample point of its bin, with the same bilinear weights (divided by the number of
+    points for ``avg``; only the winning point for ``max``)."""
+    return bilinear_roi_backward(dout, cache, op="roi_align_backward")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared by RoIAlign and RoIWarp.
+
+def bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ratio, aligned, mode, impl,
+                         quantize: bool, op: str):
+    """RoIAlign (``quantize=False``) or RoIWarp (``quantize=True``); see :func:`roi_align_forward`."""
+    rois, (PH, PW) = check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                                      impl, mode, op)
+    cache = RoIAlignCache(tuple(features.shape), rois, (PH, PW), float(spatial_scale), int(sampling_ratio),
+                          bool(aligned), quantize, mode, impl, None)
+    if impl == "kernel":
+        out, argmax = _kernel_forward(features, cache)
+    elif mode == "avg":
+        out, argmax = _numpy_avg_forward(features, cache), None
+    else:
+        out, argmax = _numpy_max_forward(features, cache)
+    return out, cache._replace(argmax=argmax)
+
+
+def bilinear_roi_backward(dout, cache: RoIAlignCache, op: str):
+    """Gradient for ``features`` of :func:`bilinear_roi_forward`."""
+    N, C, H, W = cache.features_shape
+    K = cache.rois.shape[0]
+    expected = (K, C, *cache.output_size)
+    if tuple(dout.shape) != expected or dout.dtype != cache.rois.dtype:
+        raise ValueError(f"{op}: dout must have shape {expected} and dtype {cache.rois.dtype} (the forward "
+                         f"output's), got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+    if cache.impl == "kernel":
+        return _kernel_backward(dout, cache)
+    if cache.mode == "avg":
+        return _numpy_avg_backward(dout, cache)
+    return _numpy_max_backward(dout, cache)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Geometry: where each RoI's sample points are, as 1-D tables per axis (the kernel's arithmetic, in the
+# same order and precision, so that both pick the same cells).
+
+class _Axis(NamedTuple):
+    """The sample points of every RoI along one axis (y or x).
+
+    grid: (K,) points per bin. idx, w: (K, B, G, 2) the two neighbouring cells of point ``g`` of bin
+    ``b`` and their bilinear weights (0 for points outside the map and for padding ``g >= grid``).
+    """
+    grid: object
+    idx: object
+    w: object
+
+
+def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize, height, width):
+    """``(y_axis, x_axis, count)`` for every RoI: see ``roi_geometry`` in kernels/roi_align.cu."""
+    xp = get_xp(rois)
+    dtype = rois.dtype.type
+    corners = rois[:, 1:] * dtype(spatial_scale)               # (K, 4) x1, y1, x2, y2 in cells
+    if quantize:                                               # RoIWarp: RoIPool's rounding
+        corners = round_half_away_from_zero(corners)
+    corners = corners - dtype(0.5 if aligned else 0.0)
+    size = corners[:, 2:] - corners[:, :2]                     # (K, 2) width, height
+    if not aligned:                                            # legacy: at least 1x1 cell
+        size = xp.maximum(size, dtype(1))
+    PH, PW = output_size
+    y = _axis(corners[:, 1], size[:, 1], PH, sampling_ratio, height)
+    x = _axis(corners[:, 0], size[:, 0], PW, sampling_ratio, width)
+    count = xp.maximum(y.grid * x.grid, 1).astype(rois.dtype)  # points per bin
+    return y, x, count
+
+
+def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
+    xp = get_xp(start)
+    dtype = start.dtype.type
+    bin_size = length / dtype(n_bins)
+    if sampling_ratio > 0:
+        grid = xp.full(start.shape, sampling_ratio, dtype=np.int64)
+    else:  # adaptive: ceil(bin size) points, none for an inverted (aligned) RoI
+        grid = xp.maximum(xp.ceil(length / dtype(n_bins)), 0).astype(np.int64)
+    G = max(int(grid.max()) if grid.size else 1, 1)
+    # coord[k, b, g] = start + b * bin + (g + 0.5) * bin / grid, evaluated left to right as in C.
+    b = xp.arange(n_bins, dtype=start.dtype)[None, :, None]
+    g = (xp.arange(G) + 0.5).astype(start.dtype)[None, None, :]
+    bin3 = bin_size[:, None, None]
+    coord = start[:, None, None] + b * bin3 + g * bin3 / xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
+    # torchvision's border rules: > 1 cell outside reads 0; the margin is clamped onto the border.
+    outside = (coord < -1) | (coord > size) | (xp.arange(G)[None, None, :] >= grid[:, None, None])
+    coord = xp.maximum(coord, dtype(0))
+    low = coord.astype(np.int64)
+    edge = low >= size - 1
+    low = xp.where(edge, size - 1, low)
+    high = xp.where(edge, size - 1, low + 1)
+    frac = xp.where(edge, dtype(0), coord - low.astype(start.dtype))
+    inside = (~outside).astype(start.dtype)
+    w = xp.stack([(dtype(1) - frac) * inside, frac * inside], axis=-1)
+    return _Axis(grid, xp.stack([low, high], axis=-1), w)
+
+
+def _merge(axis: _Axis):
+    """Per (RoI, bin): the distinct cells its points touch, with their weights summed.
+
+    Neighbouring points of a bin often share a cell; merging first means each cell is read once.
+    Returns idx, w (K, B, L) with the ``n`` (K, B) distinct cells first, then zero-weight padding.
+    """
+    xp = get_xp(axis.w)
+    K, B = axis.idx.shape[:2]
+    idx, w = axis.idx.reshape(K, B, -1), axis.w.reshape(K, B, -1)
+    unused = np.iinfo(np.int64).max                          # sorts after every real cell
+    idx = xp.where(w != 0, idx, unused)
+    order = xp.argsort(idx, axis=-1)
+    idx, w = xp.take_along_axis(idx, order, -1), xp.take_along_axis(w, order, -1)
+    first = xp.ones(idx.shape, dtype=bool)                   # first entry of each run of equal cells
+    first[..., 1:] = idx[..., 1:] != idx[..., :-1]
+    run = xp.cumsum(first.reshape(-1)) - 1
+    run_sum = xp.bincount(run, weights=w.reshape(-1).astype(np.float64))[run].reshape(w.shape)
+    keep = first & (idx != unused)
+    idx = xp.where(keep, idx, unused)
+    order = xp.argsort(idx, axis=-1)                         # kept cells first
+    idx = xp.take_along_axis(idx, order, -1)
+    w = xp.take_along_axis(xp.where(keep, run_sum, 0).astype(w.dtype), order, -1)
+    n = keep.sum(-1)
+    L = max(int(n.max()) if n.size else 1, 1)
+    return xp.where(idx == unused, 0, idx)[..., :L], w[..., :L], n
+
+
+def _avg_blocks(rois, cache: RoIAlignCache, row_bytes: int):
+    """Yield ``(ks, pix, wts)`` for chunks of RoIs ``ks``: every bin's distinct cells as rows of the
+    channels-last feature matrix (``(n*H + y)*W + x``) and their weights, ``(len(ks), PH, PW, Ly, Lx)``.
+
+    These are the rows of the sparse matrix ``S`` (``out = S @ F``), chunked so that the features they
+    gather (``row_bytes`` per cell) stay near the cache-sized budget.
+    """
+    xp = get_xp(rois)
+    N, C, H, W = cache.features_shape
+    PH, PW = cache.output_size
+    y, x, count = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
+                            cache.aligned, cache.quantize, H, W)
+    yi, yw, ny = _merge(y)
+    xi, xw, nx = _merge(x)
+    batch = rois[:, 0].astype(np.int64)
+    cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
+    for ks in chunks_by_size(_host(cells), row_bytes):
+        ks = xp.asarray(ks)
+        Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
+        rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
+        pix = rows[:, :, None, :, None] + xi[ks, None, :, None, :Lx]                # (k, PH, PW, Ly, Lx)
+        wts = yw[ks, :, None, :Ly, None] * xw[ks, None, :, None, :Lx] / count[ks, None, None, None, None]
+        yield ks, pix, wts
+
+
+def _numpy_avg_forward(features, cache):
+    xp = get_xp(features)
+    N, C, H, W = features.shape
+    K, (PH, PW) = cache.rois.shape[0], cache.output_size
+    F = channels_last(features)                                  # (N*H*W, C)
+    out = xp.zeros((K, PH, PW, C), dtype=features.dtype)
+    for ks, pix, wts in _avg_blocks(cache.rois, cache, C * features.itemsize):
+        n = pix.shape[0] * PH * PW
+        block = xp.take(F, pix.reshape(n, -1), axis=0)           # (bins, cells, C)
+        out[ks] = xp.matmul(wts.reshape(n, 1, -1), block).reshape(-1, PH, PW, C)
+    return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def _numpy_avg_backward(dout, cache):
+    """``dF = S.T @ dout``: the same sparse matrix, transposed, as COO triplets."""
+    xp = get_xp(dout)
+    N, C, H, W = cache.features_shape
+    K, (PH, PW) = cache.rois.shape[0], cache.output_size
+    if K == 0:
+        return xp.zeros((N, C, H, W), dtype=dout.dtype)
+    rows, cols, vals = [], [], []
+    for ks, pix, wts in _avg_blocks(cache.rois, cache, 8):
+        bins = (ks[:, None, None] * PH + xp.arange(PH)[:, None]) * PW + xp.arange(PW)  # (k, PH, PW)
+        keep = wts != 0
+        rows.append(xp.broadcast_to(bins[..., None, None], pix.shape)[keep])
+        cols.append(pix[keep])
+        vals.append(wts[keep])
+    dout_rows = xp.ascontiguousarray(dout.transpose(0, 2, 3, 1)).reshape(K * PH * PW, C)
+    dF = sparse_rows_matmul(xp.concatenate(cols), xp.concatenate(rows), xp.concatenate(vals), N * H * W,
+                            dout_rows)
+    return xp.ascontiguousarray(dF.reshape(N, H, W, C).transpose(0, 3, 1, 2))
+
+
+def _max_blocks(rois, cache, row_bytes):
+    """Yield ``(ks, pix, wts, real, y, x)`` per chunk of RoIs: the four neighbours of every sample point,
+    ``(k, PH, PW, Gy, Gx, 2, 2)``, their weights, and which of the padded points are real."""
+    xp = get_xp(rois)
+    N, C, H, W = cache.features_shape
+    PH, PW = cache.output_size
+    y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
+                        cache.aligned, cache.quantize, H, W)
+    batch = rois[:, 0].astype(np.int64)
+    for ks in chunks_by_size(_host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
+        ks = xp.asarray(ks)
+        Gy, Gx = max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
+        rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
+        pix = rows[:, :, None, :, None, :, None] + x.idx[ks, None, :, None, :Gx, None, :]
+        wts = y.w[ks, :, None, :Gy, None, :, None] * x.w[ks, None, :, None, :Gx, None, :]
+        real = (xp.arange(Gy)[None, :, None] < y.grid[ks, None, None]) & \
+               (xp.arange(Gx)[None, None, :] < x.grid[ks, None, None])              # (k, Gy, Gx)
+        yield ks, pix, wts, real, y, x
+
+
+def _numpy_max_forward(features, cache):
+    xp = get_xp(features)
+    N, C, H, W = features.shape
+    K, (PH, PW) = cache.rois.shape[0], cache.output_size
+    F = channels_last(features)
+    out = xp.zeros((K, PH, PW, C), dtype=features.dtype)
+    argmax = xp.full((K, PH, PW, C), -1, dtype=np.int32)
+    for ks, pix, wts, real, y, x in _max_blocks(cache.rois, cache, C * features.itemsize):
+        k, Gy, Gx = len(ks), pix.shape[3], pix.shape[4]
+        n, S = k * PH * PW, Gy * Gx
+        block = xp.take(F, pix.reshape(n * S, 4), axis=0)                         # (points, 4, C)
+        value = xp.matmul(wts.reshape(n * S, 1, 4), block).reshape(n, S, C)        # each point's value
+        real = xp.broadcast_to(real.reshape(k, 1, 1, S), (k, PH, PW, S)).reshape(n, S, 1)
+        value = xp.where(real, value, -xp.inf)                                     # padding never wins
+        s = value.argmax(axis=1)                                                   # (n, C) first max
+        best = xp.take_along_axis(value, s[:, None, :], axis=1)[:, 0]
+        has_points = real.any(axis=1)
+        grid_x = xp.repeat(x.grid[ks], PH * PW)[:, None]
+        arg = (s // Gx) * grid_x + s % Gx                                          # kernel's iy*grid_w+ix
+        out[ks] = xp.where(has_points, best, 0).reshape(k, PH, PW, C)
+        argmax[ks] = xp.where(has_points, arg, -1).reshape(k, PH, PW, C)
+    return (xp.ascontiguousarray(out.transpose(0, 3, 1, 2)),
+            xp.ascontiguousarray(argmax.transpose(0, 3, 1, 2)))
+
+
+def _numpy_max_backward(dout, cache):
+    """Route each ``dout[k, c, ph, pw]`` to the four cells of its winning point (a scatter-add of
+    scalars, since every channel has its own winner)."""
+    xp = get_xp(dout)
+    N, C, H, W = cache.features_shape
+    K, (PH, PW) = cache.rois.shape[0], cache.output_size
+    rois = cache.rois
+    y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio, cache.aligned,
+                        cache.quantize, H, W)
+    dF = xp.zeros(N * C * H * W, dtype=dout.dtype)
+    batch = rois[:, 0].astype(np.int64)
+    k = xp.arange(K)[:, None, None, None]
+    c = xp.arange(C)[None, :, None, None]
+    ph = xp.arange(PH)[None, None, :, None]
+    pw = xp.arange(PW)[None, None, None, :]
+    a = cache.argmax.astype(np.int64)
+    won = a >= 0
+    a = xp.maximum(a, 0)
+    grid_x = xp.maximum(x.grid, 1)[:, None, None, None]
+    iy, ix = a // grid_x, a % grid_x
+    ycell, ywt = y.idx[k, ph, iy], y.w[k, ph, iy]                                 # (K, C, PH, PW, 2)
+    xcell, xwt = x.idx[k, pw, ix], x.w[k, pw, ix]
+    plane = (batch[:, None, None, None] * C + c) * H                               # (K, C, 1, 1)
+    index = ((plane[..., None] + ycell)[..., :, None] * W + xcell[..., None, :])   # (K, C, PH, PW, 2, 2)
+    grad = (dout * won)[..., None, None] * ywt[..., :, None] * xwt[..., None, :]
+    scatter_add(dF, index.reshape(-1), grad.reshape(-1))
+    return dF.reshape(N, C, H, W)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The CUDA kernel (GPU through CuPy, or the CPU emulator).
+
+def _kernel_forward(features, cache):
+    xp = get_xp(features)
+    N, C, H, W = features.shape
+    K, (PH, PW) = cache.rois.shape[0], cache.output_size
+    _check_int32_sizes(features.size, K * C * PH * PW)
+    dtype = features.dtype.type
+    suffix = "f32" if features.dtype == np.float32 else "f64"
+    use_max = cache.mode == "max"
+    out = xp.empty((K, C, PH, PW), dtype=features.dtype)
+    argmax = xp.empty((K, C, PH, PW) if use_max else (1,), dtype=np.int32)
+    kernel = get_kernel("roi_align.cu", f"roi_align_forward_{suffix}", xp)
+    launch_1d(kernel, out.size, (
+        np.int32(out.size), xp.ascontiguousarray(features), cache.rois, np.int32(C), np.int32(H), np.int32(W),
+        np.int32(PH), np.int32(PW), dtype(cache.spatial_scale), np.int32(cache.sampling_ratio),
+        np.int32(cache.aligned), np.int32(cache.quantize), np.int32(use_max), out, argmax))
+    return out, argmax if use_max else None
+
+
+def _kernel_backward(dout, cache):
+    xp = get_xp(dout)
+    N, C, H, W = cache.features_shape
+    PH, PW = cache.output_size
+    dtype = dout.dtype.type
+    suffix = "f32" if dout.dtype == np.float32 else "f64"
+    use_max = cache.mode == "max"
+    argmax = cache.argmax if use_max else xp.empty(1, dtype=np.int32)
+    dF = xp.zeros((N, C, H, W), dtype=dout.dtype)
+    kernel = get_kernel("roi_align.cu", f"roi_align_backward_{suffix}", xp)
+    launch_1d(kernel, dout.size, (
+        np.int32(dout.size), xp.ascontiguousarray(dout), cache.rois, argmax, np.int32(C), np.int32(H),
+        np.int32(W), np.int32(PH), np.int32(PW), dtype(cache.spatial_scale), np.int32(cache.sampling_ratio),
+        np.int32(cache.aligned), np.int32(cache.quantize), np.int32(use_max), dF))
+    return dF
+
+
+def _check_int32_sizes(*sizes):
+    """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
+    if max(sizes) >= 2 ** 31:
+        raise ValueError(f"arrays of {max(sizes)} elements are too large for the kernels' int32 indices; "
+                         "split the RoIs or use impl='numpy'")
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
