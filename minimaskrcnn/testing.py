@@ -1,0 +1,57 @@
+"""Helpers shared by the tests and by the fixture scripts in ``tools/`` (NumPy only).
+
+Model-parity fixtures don't store weights: both sides build the same random weights from a seed with
+:func:`random_state_dict`, so a fixture holds only inputs and outputs and stays small.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_state_dict(shapes: dict, seed: int = 0) -> dict:
+    """Deterministic random weights for a state dict given as ``{name: shape}``.
+
+    Weights get N(0, 1/fan_in) (outputs keep a unit-ish scale through many layers), biases N(0, 0.1);
+    BatchNorm statistics are positive and moderate. Names are visited in sorted order, each drawing
+    from its own generator seeded by ``(seed, index)``, so adding a key never changes the others.
+    """
+    out = {}
+    for i, name in enumerate(sorted(shapes)):
+        shape = tuple(shapes[name])
+        rng = np.random.default_rng([seed, i])
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "num_batches_tracked":
+            out[name] = np.zeros(shape, np.int64)
+        elif leaf == "running_var":
+            out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif leaf == "running_mean":
+            out[name] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        elif leaf == "weight" and len(shape) == 1:  # a normalisation layer's scale
+            out[name] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif leaf == "weight":
+            fan_in = int(np.prod(shape[1:]))
+            out[name] = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+        else:
+            out[name] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    return out
+
+
+def parity_config_kwargs() -> dict:
+    """The small ResNet-18-FPN used for the torchvision parity fixtures (tools/make_model_fixtures.py)."""
+    return dict(num_classes=4, depth=18, norm="frozen_bn", frozen_stages=0, fpn_channels=32,
+                representation_size=64, mask_layers=(32, 32), mask_dim_reduced=32, min_size=96, max_size=128,
+                rpn_pre_nms_top_n=(300, 200), rpn_post_nms_top_n=(200, 100), detections_per_img=20)
+
+
+def parity_images() -> list:
+    """Two small RGB images of different sizes with a few bright blobs (so features are not uniform)."""
+    rng = np.random.default_rng(7)
+    images = []
+    for h, w in ((90, 120), (110, 80)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        im = rng.uniform(0, 60, (h, w, 3))
+        for _ in range(3):
+            cy, cx, r = rng.uniform(10, h - 10), rng.uniform(10, w - 10), rng.uniform(6, 20)
+            im[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] += rng.uniform(80, 190, 3)
+        images.append(np.clip(im, 0, 255).astype(np.uint8))
+    return images
