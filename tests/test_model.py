@@ -1,0 +1,200 @@
+"""The assembled Mask R-CNN: torchvision parity, names and counts, the whole-model gradient, edge cases."""
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from minimaskrcnn import config as configs
+from minimaskrcnn.config import MaskRCNNConfig
+from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.nn.gradcheck import check_directional
+from minimaskrcnn.testing import parity_config_kwargs, parity_images, random_state_dict
+
+FIX = pathlib.Path(__file__).parent / "fixtures"
+
+
+# ---- names and counts -------------------------------------------------------------------------------------
+def test_r50_fpn_matches_torchvision_keys_shapes_and_parameter_count():
+    ref = json.loads((FIX / "r50_fpn_keys.json").read_text())
+    model = MaskRCNN(configs.r50_fpn(num_classes=91))
+    ours = [[k, list(v.shape)] for k, v in model.state_dict().items()]
+    assert ours == ref["keys"]
+    assert model.num_parameters() == ref["num_parameters"] == 44401393
+    assert model.num_parameters(trainable_only=True) == ref["num_trainable"]
+
+
+# ---- parity with torchvision --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def parity():
+    fx = dict(np.load(FIX / "model_parity.npz", allow_pickle=False))
+    model = MaskRCNN(MaskRCNNConfig(**parity_config_kwargs())).eval()
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert sorted(shapes) == list(fx["state_keys"])
+    assert [json.dumps(list(shapes[k])) for k in sorted(shapes)] == list(fx["state_shapes"])
+    model.load_state_dict(random_state_dict(shapes, seed=0))
+    images = parity_images()
+    for i, im in enumerate(images):
+        np.testing.assert_array_equal(im, fx[f"image{i}"])
+    return model, images, fx
+
+
+def close(ours, ref, what, atol=1e-4, rtol=1e-4):
+    np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol, err_msg=f"{what}: ours vs torchvision")
+
+
+def test_parity_backbone_and_rpn_head(parity):
+    model, images, fx = parity
+    batch, sizes, _, _ = model.preprocess(images)
+    assert [tuple(s) for s in sizes] == [tuple(s) for s in fx["image_sizes"]]
+    feats = model.backbone(batch)
+    for i, f in enumerate(feats):
+        close(f, fx[f"fpn{i}"], f"FPN level {i}")
+    logits, deltas = model.rpn.head(feats)
+    for i in range(len(feats)):
+        close(logits[i], fx[f"rpn_logits{i}"], f"RPN logits level {i}")
+        close(deltas[i], fx[f"rpn_deltas{i}"], f"RPN deltas level {i}")
+
+
+def test_parity_proposals_box_head_and_masks(parity):
+    model, images, fx = parity
+    batch, sizes, _, _ = model.preprocess(images)
+    feats = model.backbone(batch)
+    proposals, _ = model.rpn(feats, sizes, batch.shape[-2:])
+    for i, p in enumerate(proposals):
+        close(p, fx[f"proposals{i}"], f"proposals of image {i}")
+    # the box head on torchvision's own proposals
+    ref_props = [fx["proposals0"], fx["proposals1"]]
+    from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales
+    rh = model.roi_heads
+    scales = infer_scales(feats[:-1], sizes)
+    pooled, _ = rh.pool(feats[:-1], boxes_to_rois(ref_props, np), rh.box_pool_size, scales)
+    class_logits, box_regression = rh.box_predictor(rh.box_head(pooled))
+    close(class_logits, fx["class_logits"], "class logits")
+    close(box_regression, fx["box_regression"], "box regression")
+    dets = rh.predict(feats[:-1], ref_props, sizes)
+    for i, d in enumerate(dets):
+        close(d["boxes"], fx[f"det_boxes_resized{i}"], f"detections of image {i} (resized image)")
+    probs = np.concatenate([d["mask_probs"] for d in dets])
+    ref = 1 / (1 + np.exp(-fx["mask_logits_selected"].astype(np.float64)))
+    close(probs, ref, "mask probabilities of the detections")
+
+
+def test_parity_final_detections(parity):
+    model, images, fx = parity
+    preds = model.predict(images, mask_threshold=None)
+    for i, p in enumerate(preds):
+        close(p["boxes"], fx[f"final_boxes{i}"], f"final boxes {i}")
+        np.testing.assert_array_equal(p["labels"], fx[f"final_labels{i}"])
+        close(p["scores"], fx[f"final_scores{i}"], f"final scores {i}")
+        soft = p["masks"].reshape(len(p["masks"]), -1)
+        close(soft[:, fx[f"final_mask_sample_idx{i}"]], fx[f"final_mask_samples{i}"], f"pasted masks {i}")
+        close(soft.sum(axis=1), fx[f"final_mask_sums{i}"], f"pasted mask sums {i}", rtol=1e-4, atol=1e-2)
+        h, w = images[i].shape[:2]
+        ref_bits = np.unpackbits(fx[f"final_mask_bits{i}"], axis=-1)[..., :w].astype(bool)
+        ours_bits = p["masks"] >= 0.5
+        # pixels within round-off of the 0.5 threshold may fall either way; no others may differ
+        disagree = ours_bits != ref_bits
+        assert np.all(np.abs(p["masks"][disagree] - 0.5) < 1e-4), f"binary masks of image {i} differ"
+        assert ours_bits.shape == (len(p["scores"]), h, w)
+
+
+# ---- the whole model's gradient --------------------------------------------------------------------------------
+def tiny_float64_model():
+    cfg = configs.tiny(num_classes=3, dtype="float64", stage_widths=(4, 4, 8, 8), stem_channels=4, fpn_channels=4,
+                       representation_size=8, mask_layers=(4,), mask_dim_reduced=4, min_size=64, max_size=64,
+                       rpn_batch_size_per_image=32, box_batch_size_per_image=16, norm="gn")
+    model = MaskRCNN(cfg)
+    for _, m in model.named_modules():  # GroupNorm with 2 groups of the few channels
+        if hasattr(m, "num_groups"):
+            m.num_groups = 2
+    return model
+
+
+def scene(rng, n_objects, size=64):
+    image = (rng.uniform(0, 80, (size, size, 3))).astype(np.uint8)
+    boxes, labels, masks = [], [], []
+    for k in range(n_objects):
+        x0, y0 = rng.integers(2, size - 30, 2)
+        w, h = rng.integers(12, 26, 2)
+        m = np.zeros((size, size), np.uint8)
+        m[y0:y0 + h, x0:x0 + w] = 1
+        image[m > 0] = rng.integers(120, 255, 3)
+        boxes.append([x0, y0, x0 + w, y0 + h])
+        labels.append(1 + k % 2)
+        masks.append(m)
+    return image, {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
+                   "masks": np.array(masks, np.uint8).reshape(-1, size, size)}
+
+
+def test_whole_model_gradient_float64():
+    """One random direction through every parameter (backbone, FPN, RPN, box and mask heads) against
+    central differences of the summed losses, with proposals and samples held fixed."""
+    rng = np.random.default_rng(3)
+    model = tiny_float64_model().train()
+    images, targets = zip(*[scene(rng, 2), scene(rng, 3)])
+    images, targets = list(images), list(targets)
+    model.forward_train(images, targets)
+    proposals = [p.copy() for p in model.last_proposals]
+
+    def loss():
+        model.rng = np.random.default_rng(11)       # the same anchor and RoI samples every time
+        losses = model.forward_train(images, targets, proposals=proposals)
+        model.free_cache()
+        return sum(losses.values())
+
+    loss()
+    model.rng = np.random.default_rng(11)
+    losses = model.forward_train(images, targets, proposals=proposals)
+    assert losses["loss_mask"] > 0 and losses["loss_box_reg"] > 0
+    model.zero_grad()
+    model.backward()
+    params = {n: p.data for n, p in model.named_parameters()}
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    missing = [n for n, g in grads.items() if g is None]
+    assert not missing, f"no gradient for {missing}"
+    for part in ("backbone.body", "backbone.fpn", "rpn.head", "roi_heads.box_head", "roi_heads.box_predictor",
+                 "roi_heads.mask_head", "roi_heads.mask_predictor"):
+        assert any(n.startswith(part) and np.any(g != 0) for n, g in grads.items()), part
+        sub = {n: v for n, v in params.items() if n.startswith(part)}
+        err = check_directional(loss, sub, {n: grads[n] for n in sub})
+        assert err < 1e-6, f"{part}: directional relative error {err:.2e}"
+    assert check_directional(loss, params, grads) < 1e-6
+
+
+# ---- training and inference on edge cases ---------------------------------------------------------------------
+@pytest.mark.parametrize("counts", [(0, 0), (1, 0), (6, 5)])
+def test_train_step_and_predict_on_empty_single_and_crowded_images(counts):
+    rng = np.random.default_rng(sum(counts))
+    model = MaskRCNN(configs.tiny(num_classes=3, min_size=64, max_size=64))
+    images, targets = zip(*[scene(rng, n) for n in counts])
+    losses = model.forward_train(list(images), list(targets))
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(np.isfinite(v) for v in losses.values())
+    if sum(counts) == 0:
+        assert losses["loss_mask"] == 0 and losses["loss_box_reg"] == 0 and losses["loss_rpn_box_reg"] == 0
+    model.zero_grad()
+    model.backward()
+    assert all(p.grad is not None and np.all(np.isfinite(p.grad)) for _, p in model.named_parameters())
+    assert all(m._tape == [] for _, m in model.named_modules()), "caches must be freed after backward"
+    preds = model.predict(list(images))
+    for p, im in zip(preds, images):
+        assert p["masks"].shape[1:] == im.shape[:2] and p["masks"].dtype == bool
+        assert len(p["boxes"]) == len(p["scores"]) == len(p["labels"]) <= model.config.detections_per_img
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda im, t: ([im[:, :, :2]], [t]), r"shape \(H, W, 3\)"),
+    (lambda im, t: ([im.astype(np.float32)], [t]), "uint8"),
+    (lambda im, t: ([im[:0]], [t]), "empty"),
+    (lambda im, t: ([im], [{**t, "boxes": np.array([[5, 5, 5, 9]], np.float32)}]), "degenerate"),
+    (lambda im, t: ([im], [{**t, "boxes": np.array([[5, np.nan, 9, 9]], np.float32)}]), "NaN"),
+    (lambda im, t: ([im], [{**t, "labels": np.array([3])}]), "must lie in"),
+    (lambda im, t: ([im], [{**t, "masks": t["masks"][:, :10]}]), "masks"),
+])
+def test_bad_training_input_is_named(bad, message):
+    rng = np.random.default_rng(0)
+    im, t = scene(rng, 1)
+    model = MaskRCNN(configs.tiny(num_classes=3, min_size=64, max_size=64))
+    with pytest.raises(ValueError, match=message):
+        model.forward_train(*bad(im, t))
