@@ -74,7 +74,8 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 def _fma32(a, b, c):
     """float32 ``a * b + c`` rounded once, as a fused multiply-add does (torch's CPU kernels are
-    compiled with FMA contraction). The float64 product of two float32 numbers is exact."""
+    compiled with FMA contraction). The float64 product of two float32 numbers is exact, so only the
+    final rounding happens (the float64 sum can round too, but not for the values met here)."""
     return (np.asarray(a, np.float64) * b + c).astype(np.float32)
 
 
@@ -101,9 +102,11 @@ def _linear_weights(in_size: int, out_size: int):
 def _resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Bilinear resize of the last two axes of ``x`` (..., h, w) to (..., out_h, out_w).
 
-    Matches ``F.interpolate(mode='bilinear', align_corners=False)`` (no antialiasing) on the CPU:
-    each output is ``(x00 w0 + x01 w1) h0 + (x10 w0 + x11 w1) h1``, the second product of each sum
-    fused with the addition, as torch's kernel computes it.
+    Matches ``F.interpolate(mode='bilinear', align_corners=False)`` (no antialiasing) on the CPU bit for
+    bit: each output is ``(x00 w0 + x01 w1) h0 + (x10 w0 + x11 w1) h1`` where in every ``a b + c d`` the
+    product ``c d`` is rounded and ``a b`` is fused with the addition, as torch's compiled kernel does.
+    (torch has a second, separable code path, taken when out_h + out_w <= 128 or when it runs on one
+    thread with 3 channels; it differs from this one in the last bit.)
     (``minimaskrcnn/ops/resize.py`` has the general version; this private copy keeps the data pipeline
     independent of it.)
     """
