@@ -6,7 +6,7 @@ import pytest
 
 from minimaskrcnn.backend import cupy_available, to_device, to_numpy
 from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
-from minimaskrcnn.ops.resize import resize_bilinear
+from minimaskrcnn.ops.resize import linear_resize_weights, resize_bilinear
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
@@ -59,9 +59,19 @@ def test_fixture_resize(dt):
     for oh, ow in ((14, 18), (5, 4), (7, 9), (1, 1), (20, 3), (30, 29)):
         out = resize_bilinear(x, oh, ow)
         assert out.dtype == dt
-        # PyTorch's compiled kernel fuses multiply-adds: agreement to a few ulps, not bit for bit
+        # the weights are exact (next test); where torch's vectorised loop rounds the sums is not: ~1 ulp
         np.testing.assert_allclose(out, f[f"resize_{oh}x{ow}_{dt}"], rtol=0,
                                    atol=1e-6 if dt == "float32" else 1e-14, err_msg=f"{oh}x{ow}")
+
+
+@pytest.mark.torch_fixture
+@pytest.mark.parametrize("n_in, n_out", [(30, 100), (30, 45), (9, 7), (7, 14), (28, 61), (30, 7), (30, 800)])
+def test_fixture_resize_weights_are_exact(n_in, n_out):
+    i0, i1, w0, w1 = linear_resize_weights(n_in, n_out, np.float32)
+    weights = np.zeros((n_in, n_out), dtype=np.float32)
+    np.add.at(weights, (i0, np.arange(n_out)), w0)  # i0 == i1 at the last pixel: the weights add up
+    np.add.at(weights, (i1, np.arange(n_out)), w1)
+    np.testing.assert_array_equal(weights, load()[f"weights_{n_in}_{n_out}"])
 
 
 # ---------------------------------------------------------------- paste_masks_in_image

@@ -158,6 +158,12 @@ def masks_fixture(rng):
             out[f"resize_{oh}x{ow}_{dt}"] = F.interpolate(t(x), size=(oh, ow), mode="bilinear",
                                                           align_corners=False).numpy()
 
+    # 1-D weights: the response to unit impulses is exactly the interpolation weight matrix (n_in, n_out).
+    for n_in, n_out in ((30, 100), (30, 45), (9, 7), (7, 14), (28, 61), (30, 7), (30, 800)):
+        eye = torch.eye(n_in)[:, None, None, :].expand(n_in, 1, 2, n_in).contiguous()
+        out[f"weights_{n_in}_{n_out}"] = F.interpolate(eye, size=(2, n_out), mode="bilinear",
+                                                       align_corners=False)[:, 0, 0].numpy()
+
     masks = rng.uniform(0, 1, (7, 28, 28)).astype(np.float32)
     boxes = np.array([[10.3, 5.2, 40.7, 30.1], [0, 0, 79, 59], [-5, -8, 20, 15], [60.5, 40.2, 95, 75],
                       [30, 30, 30.4, 30.6], [12, 40, 13, 41], [5.5, 6.5, 70.25, 18.75]], dtype=np.float32)

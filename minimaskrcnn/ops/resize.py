@@ -9,8 +9,10 @@ Output pixel ``i`` of an axis resized from ``n_in`` to ``n_out`` samples the inp
 coordinate ``src = (i + 0.5) * n_in / n_out - 0.5`` (pixel centres line up, "align_corners=False"),
 clamped below at 0, and interpolates linearly between its two neighbours ``floor(src)`` and
 ``floor(src) + 1`` (the last pixel is repeated at the far edge). As in PyTorch's CPU kernel, the
-coordinates and weights are computed in the input's float dtype. (PyTorch's compiled kernel fuses
-multiply-adds, so float32 results agree with it to a few units in the last place, not bit for bit.)
+coordinates, weights and sums are computed in the input's float dtype, and for float32 the
+multiply-adds are fused (rounded once), as in its compiled code: the float32 weights equal torch's bit
+for bit, and the results agree to about one unit in the last place (where exactly torch rounds depends
+on how its loop was vectorised). ``minimaskrcnn.data.transforms`` resizes images the same way.
 
 No anti-aliasing: shrinking by more than 2x skips input pixels, exactly like ``F.interpolate``. torchvision's
 detection transform resizes with ``recompute_scale_factor=True``, i.e. with the ratio ``n_in / n_out``
@@ -23,6 +25,14 @@ import numpy as np
 from ..backend import get_xp
 
 
+def _muladd(a, b, c):
+    """``a * b + c`` in ``a``'s dtype; for float32 rounded once, like a fused multiply-add (the float64
+    product of two float32 numbers is exact). Float64 is not fused here: it differs by round-off."""
+    if a.dtype == np.float32:
+        return (a.astype(np.float64) * b + c).astype(np.float32)
+    return a * b + c
+
+
 def linear_resize_weights(in_size: int, out_size: int, dtype=np.float32, xp=np):
     """Neighbour indices and weights of a 1-D linear resize ``in_size -> out_size`` (align_corners=False).
 
@@ -33,7 +43,7 @@ def linear_resize_weights(in_size: int, out_size: int, dtype=np.float32, xp=np):
         raise ValueError(f"in_size and out_size must be >= 1, got {in_size} and {out_size}")
     dtype = np.dtype(dtype)
     scale = dtype.type(in_size) / dtype.type(out_size)
-    src = scale * (xp.arange(out_size, dtype=dtype) + dtype.type(0.5)) - dtype.type(0.5)
+    src = _muladd(xp.arange(out_size, dtype=dtype) + dtype.type(0.5), scale, dtype.type(-0.5))
     src = xp.maximum(src, dtype.type(0))  # output pixels near the border sample the border pixel
     i0 = xp.minimum(xp.floor(src).astype(xp.int64), in_size - 1)
     w1 = xp.clip(src - i0.astype(dtype), 0, 1)
@@ -61,5 +71,5 @@ def resize_bilinear(x, out_h: int, out_w: int):
         raise ValueError(f"x must have non-empty spatial axes, got shape {tuple(x.shape)}")
     y0, y1, wy0, wy1 = linear_resize_weights(h, int(out_h), x.dtype, xp)
     x0, x1, wx0, wx1 = linear_resize_weights(w, int(out_w), x.dtype, xp)
-    cols = x[..., x0] * wx0 + x[..., x1] * wx1  # (..., h, out_w): along the width first
-    return cols[..., y0, :] * wy0[:, None] + cols[..., y1, :] * wy1[:, None]  # (..., out_h, out_w)
+    cols = _muladd(x[..., x0], wx0, x[..., x1] * wx1)  # (..., h, out_w): along the width first
+    return _muladd(cols[..., y0, :], wy0[:, None], cols[..., y1, :] * wy1[:, None])  # (..., out_h, out_w)
