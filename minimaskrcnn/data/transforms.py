@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from ..ops.resize import resize_bilinear
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -72,55 +74,6 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     return int(math.floor(height * scale)), int(math.floor(width * scale))
 
 
-def _fma32(a, b, c):
-    """float32 ``a * b + c`` rounded once, as a fused multiply-add does (torch's CPU kernels are
-    compiled with FMA contraction). The float64 product of two float32 numbers is exact, so only the
-    final rounding happens (the float64 sum can round too, but not for the values met here)."""
-    return (np.asarray(a, np.float64) * b + c).astype(np.float32)
-
-
-def _linear_weights(in_size: int, out_size: int):
-    """Source indices and weights of 1-D linear interpolation, align_corners=False, as torch computes them.
-
-    Output pixel ``i`` samples the input at ``src = (i + 0.5) * in / out - 0.5`` (pixel centres line up),
-    clamped at 0, and mixes its two neighbours ``i0 = floor(src)`` and ``i1 = min(i0 + 1, in - 1)``
-    with weights ``1 - l`` and ``l = src - i0``. In float32 with one fused multiply-add for ``src``, so
-    the weights equal torch's bit for bit (plain float32 would differ by up to ~2e-6).
-    """
-    if in_size == out_size:       # torch copies in this case
-        i = np.arange(out_size)
-        return i, i, np.ones(out_size, np.float32), np.zeros(out_size, np.float32)
-    scale = np.float32(in_size) / np.float32(out_size)
-    src = _fma32(scale, np.arange(out_size, dtype=np.float32) + np.float32(0.5), -0.5)
-    src = np.maximum(src, np.float32(0))
-    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    lam1 = np.clip(src - i0.astype(np.float32), np.float32(0), np.float32(1))
-    i1 = np.minimum(i0 + 1, in_size - 1)
-    return i0, i1, np.float32(1) - lam1, lam1
-
-
-def _resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resize of the last two axes of ``x`` (..., h, w) to (..., out_h, out_w).
-
-    Matches ``F.interpolate(mode='bilinear', align_corners=False)`` (no antialiasing) on the CPU bit for
-    bit: each output is ``(x00 w0 + x01 w1) h0 + (x10 w0 + x11 w1) h1`` where in every ``a b + c d`` the
-    product ``c d`` is rounded and ``a b`` is fused with the addition, as torch's compiled kernel does.
-    (torch has a second, separable code path, taken when out_h + out_w <= 128 or when it runs on one
-    thread with 3 channels; it differs from this one in the last bit.)
-    (``minimaskrcnn/ops/resize.py`` has the general version; this private copy keeps the data pipeline
-    independent of it.)
-    """
-    x = np.asarray(x, dtype=np.float32)
-    h0, h1, wh0, wh1 = _linear_weights(x.shape[-2], out_h)
-    w0, w1, ww0, ww1 = _linear_weights(x.shape[-1], out_w)
-
-    def along_width(rows):                                   # (..., out_h, w) -> (..., out_h, out_w)
-        return _fma32(rows[..., w0], ww0, rows[..., w1] * ww1)
-
-    top, bottom = along_width(x[..., h0, :]), along_width(x[..., h1, :])
-    return _fma32(top, wh0[:, None], bottom * wh1[:, None])
-
-
 def _resize_nearest(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Nearest resize of the last two axes, as ``F.interpolate(mode='nearest')``: output pixel ``i``
     copies input ``min(floor(i * in / out), in - 1)`` (float32 arithmetic, like torch)."""
@@ -146,7 +99,7 @@ def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nda
 
 def resize_image(x: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
     """Resize a (C, H, W) float image to :func:`resized_size` with bilinear interpolation."""
-    return _resize_bilinear(x, *resized_size(x.shape[-2], x.shape[-1], min_size, max_size))
+    return resize_bilinear(np.asarray(x, np.float32), *resized_size(x.shape[-2], x.shape[-1], min_size, max_size))
 
 
 def resize_boxes(boxes: np.ndarray, original_size, new_size) -> np.ndarray:
