@@ -81,10 +81,15 @@ def multiscale(rng) -> dict:
     feats = OrderedDict((n, rng.standard_normal((2, C, 128 // s, 160 // s)))
                         for n, s in zip(names, (4, 8, 16, 32)))
     boxes = []
-    for _ in range(2):                 # sqrt(area) from 12 to 700 px: all four levels, and clamping
-        side = np.exp(rng.uniform(np.log(12), np.log(700), (12, 2)))
+    for _ in range(2):  # sqrt(area) from 12 to 900 px (all four levels, and clamping), random aspect
+        side = rng.permutation(np.exp(np.linspace(np.log(12), np.log(900), 12)))
+        aspect = np.sqrt(rng.uniform(0.5, 2.0, 12))
         x1, y1 = rng.uniform(-40, 150, 12), rng.uniform(-40, 120, 12)
-        boxes.append(np.stack([x1, y1, x1 + side[:, 0], y1 + side[:, 1]], axis=1))
+        boxes.append(np.stack([x1, y1, x1 + side * aspect, y1 + side / aspect], axis=1))
+    # Boxes exactly on level boundaries (sqrt(area) = 56, 112, 224, 448): torchvision's eps = 1e-6
+    # keeps log2 round-off from dropping them one level.
+    for i, side in enumerate((56, 112, 224, 448)):
+        boxes[i % 2][i] = [10, 20, 10 + side, 20 + side]
     pooler = MultiScaleRoIAlign(names, output_size=(3, 3), sampling_ratio=2)
     xs = OrderedDict((n, torch.tensor(f, requires_grad=True)) for n, f in feats.items())
     out = pooler(xs, [torch.tensor(b) for b in boxes], image_shapes)

@@ -113,15 +113,16 @@ def channels_last(features):
     return xp.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(N * H * W, C)
 
 
-def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES):
-    """Split ``range(len(sizes))`` into index arrays, smallest ``sizes`` first, so that each chunk's
-    ``len(chunk) * max(sizes[chunk]) * bytes_per_unit`` stays near ``budget`` (but >= one item).
+def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES, padded: bool = True):
+    """Split ``range(len(sizes))`` into index arrays, smallest ``sizes`` first, each chunk's cost
+    ``len(chunk) * max(sizes[chunk]) * bytes_per_unit`` (``padded``; else ``len(chunk) * bytes_per_unit``)
+    staying near ``budget``, with at least one item per chunk.
 
     Chunks are padded to their largest member; sorting by size first keeps that padding small.
     """
     sizes = np.asarray(sizes)
     order = np.argsort(sizes, kind="stable")
-    sorted_sizes = np.maximum(sizes[order], 1)
+    sorted_sizes = np.maximum(sizes[order], 1) if padded else np.ones(len(order), dtype=np.int64)
     start = 0
     while start < len(order):
         # Largest count n with n * sorted_sizes[start + n - 1] * bytes_per_unit <= budget.
@@ -131,28 +132,50 @@ def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES):
         start += n
 
 
-def sparse_rows_matmul(rows, cols, vals, n_rows: int, dense, out=None):
-    """``out[r] = sum over entries e with rows[e] == r of vals[e] * dense[cols[e]]``.
+def bins_to_kchw(rows, PH: int, PW: int):
+    """``(k*PH*PW, C)`` rows, one per bin, -> ``(k, C, PH, PW)``: the operators' output layout (a view)."""
+    return rows.reshape(-1, PH, PW, rows.shape[-1]).transpose(0, 3, 1, 2)
+
+
+def kchw_to_bins(a):
+    """``(k, C, PH, PW)`` -> ``(k*PH*PW, C)`` rows, one per bin (a copy)."""
+    return get_xp(a).ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+
+
+def max_and_argmax(block):
+    """``block`` (n, L, C) -> its max over the middle axis and the index of the first maximum, both (n, C).
+
+    ``block.argmax(axis=1)`` gives the same but walks the strided middle axis one lane at a time
+    (~10x slower). Here: the max is a fast reduction, and the first maximum is found as the largest
+    "rank" ``L - j`` among the maximal entries ``j``: one byte per entry, again a fast reduction.
+    """
+    xp = get_xp(block)
+    L = block.shape[1]
+    best = block.max(axis=1)
+    rank = xp.arange(L, 0, -1, dtype=np.uint8 if L < 256 else np.int32)[None, :, None]   # L, L-1, ..., 1
+    first = L - (xp.equal(block, best[:, None, :]) * rank).max(axis=1).astype(np.int64)
+    return best, xp.minimum(first, L - 1)   # (a NaN is never "equal": keep its index in range)
+
+
+def sparse_rows_matmul(rows, cols, vals, dense):
+    """Yield ``(r, out_r)``: for each distinct ``r`` in ``rows``, ``out_r = sum over entries e with
+    rows[e] == r of vals[e] * dense[cols[e]]``, in chunks (``r`` (n,) distinct, ``out_r`` (n, C)).
 
     The sparse matrix comes as COO triplets (any order, repeats allowed); ``dense`` is ``(M, C)``.
     Rows are grouped by their entry count, each group padded to its longest row, its ``dense`` rows
     gathered into a ``(rows, slots, C)`` block and reduced by one batched ``(1, slots) @ (slots, C)``
-    matmul. ``np.add.at`` would do the same ~15x slower. Rows without entries are left untouched.
-
-    Returns ``out`` (``(n_rows, C)``, zeros where not given).
+    matmul. (``np.add.at`` does the same ~15x slower.) The caller stores each chunk where it wants it,
+    e.g. straight into an (N, C, H, W) array, which saves transposing a channels-last result.
     """
     xp = get_xp(dense, vals)
-    C = dense.shape[1]
-    if out is None:
-        out = xp.zeros((n_rows, C), dtype=dense.dtype)
     if len(rows) == 0:
-        return out
+        return
     order = xp.argsort(rows, kind="stable")
     cols, vals = cols[order], vals[order].astype(dense.dtype)
-    counts = xp.bincount(rows, minlength=n_rows)
+    counts = xp.bincount(rows)
     starts = xp.cumsum(counts) - counts
     used = xp.flatnonzero(counts)
-    for chunk in chunks_by_size(_host(counts[used]), C * dense.itemsize):
+    for chunk in chunks_by_size(_host(counts[used]), dense.shape[1] * dense.itemsize):
         r = used[xp.asarray(chunk)]
         n = counts[r]
         slots = xp.arange(int(n.max()))
@@ -160,5 +183,4 @@ def sparse_rows_matmul(rows, cols, vals, n_rows: int, dense, out=None):
         entry = xp.where(valid, starts[r][:, None] + slots, 0)
         w = xp.where(valid, vals[entry], 0)[:, None, :]                   # (rows, 1, slots)
         block = xp.take(dense, cols[entry], axis=0)                       # (rows, slots, C)
-        out[r] = xp.matmul(w, block)[:, 0]
-    return out
+        yield r, xp.matmul(w, block)[:, 0]

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp, scatter_add
-from ._roi_common import (check_roi_inputs, channels_last, chunks_by_size, round_half_away_from_zero,
-                          sparse_rows_matmul)
+from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, kchw_to_bins,
+                          max_and_argmax, round_half_away_from_zero, sparse_rows_matmul)
 from .rawkernel import get_kernel, launch_1d
 
 
@@ -229,12 +229,13 @@ def _numpy_avg_forward(features, cache):
     N, C, H, W = features.shape
     K, (PH, PW) = cache.rois.shape[0], cache.output_size
     F = channels_last(features)                                  # (N*H*W, C)
-    out = xp.zeros((K, PH, PW, C), dtype=features.dtype)
+    out = xp.zeros((K, C, PH, PW), dtype=features.dtype)
     for ks, pix, wts in _avg_blocks(cache.rois, cache, C * features.itemsize):
         n = pix.shape[0] * PH * PW
         block = xp.take(F, pix.reshape(n, -1), axis=0)           # (bins, cells, C)
-        out[ks] = xp.matmul(wts.reshape(n, 1, -1), block).reshape(-1, PH, PW, C)
-    return xp.ascontiguousarray(out.transpose(0, 3, 1, 2))
+        # (bins, 1, cells) @ (bins, cells, C): each bin's weighted sum of its cells' channel vectors.
+        out[ks] = bins_to_kchw(xp.matmul(wts.reshape(n, 1, -1), block)[:, 0], PH, PW)
+    return out
 
 
 def _numpy_avg_backward(dout, cache):
@@ -251,15 +252,20 @@ def _numpy_avg_backward(dout, cache):
         rows.append(xp.broadcast_to(bins[..., None, None], pix.shape)[keep])
         cols.append(pix[keep])
         vals.append(wts[keep])
-    dout_rows = xp.ascontiguousarray(dout.transpose(0, 2, 3, 1)).reshape(K * PH * PW, C)
-    dF = sparse_rows_matmul(xp.concatenate(cols), xp.concatenate(rows), xp.concatenate(vals), N * H * W,
-                            dout_rows)
-    return xp.ascontiguousarray(dF.reshape(N, H, W, C).transpose(0, 3, 1, 2))
+    dout_rows = kchw_to_bins(dout)                             # (K*PH*PW, C)
+    dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
+    for pix, grad in sparse_rows_matmul(xp.concatenate(cols), xp.concatenate(rows), xp.concatenate(vals),
+                                        dout_rows):
+        dF[pix // (H * W), :, pix % (H * W)] = grad          # (pixels, C) rows into (N, C, H*W)
+    return dF.reshape(N, C, H, W)
 
 
 def _max_blocks(rois, cache, row_bytes):
-    """Yield ``(ks, pix, wts, real, y, x)`` per chunk of RoIs: the four neighbours of every sample point,
-    ``(k, PH, PW, Gy, Gx, 2, 2)``, their weights, and which of the padded points are real."""
+    """Yield ``(ks, pix, wts, real, grids)`` per chunk of RoIs ``ks``, with ``n = len(ks)*PH*PW`` bins of
+    ``S = Gy * Gx`` (padded) sample points each: the four neighbours of every point as rows of the
+    channels-last features, ``pix`` (n, S, 4), their weights ``wts`` (n, S, 4), which points are real
+    (not padding) ``real`` (n, S), and ``grids = (Gx, grid_x)``, with each bin's true ``grid_x``
+    (n, 1), to renumber point ``iy * Gx + ix`` as the kernel's ``iy * grid_x + ix``."""
     xp = get_xp(rois)
     N, C, H, W = cache.features_shape
     PH, PW = cache.output_size
@@ -268,13 +274,16 @@ def _max_blocks(rois, cache, row_bytes):
     batch = rois[:, 0].astype(np.int64)
     for ks in chunks_by_size(_host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
         ks = xp.asarray(ks)
-        Gy, Gx = max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
+        k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
         rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
         pix = rows[:, :, None, :, None, :, None] + x.idx[ks, None, :, None, :Gx, None, :]
         wts = y.w[ks, :, None, :Gy, None, :, None] * x.w[ks, None, :, None, :Gx, None, :]
         real = (xp.arange(Gy)[None, :, None] < y.grid[ks, None, None]) & \
                (xp.arange(Gx)[None, None, :] < x.grid[ks, None, None])              # (k, Gy, Gx)
-        yield ks, pix, wts, real, y, x
+        real = xp.broadcast_to(real.reshape(k, 1, 1, Gy * Gx), (k, PH, PW, Gy * Gx))
+        n, S = k * PH * PW, Gy * Gx
+        grid_x = xp.repeat(x.grid[ks], PH * PW)[:, None]
+        yield ks, pix.reshape(n, S, 4), wts.reshape(n, S, 4), real.reshape(n, S), (Gx, grid_x)
 
 
 def _numpy_max_forward(features, cache):
@@ -282,52 +291,41 @@ def _numpy_max_forward(features, cache):
     N, C, H, W = features.shape
     K, (PH, PW) = cache.rois.shape[0], cache.output_size
     F = channels_last(features)
-    out = xp.zeros((K, PH, PW, C), dtype=features.dtype)
-    argmax = xp.full((K, PH, PW, C), -1, dtype=np.int32)
-    for ks, pix, wts, real, y, x in _max_blocks(cache.rois, cache, C * features.itemsize):
-        k, Gy, Gx = len(ks), pix.shape[3], pix.shape[4]
-        n, S = k * PH * PW, Gy * Gx
-        block = xp.take(F, pix.reshape(n * S, 4), axis=0)                         # (points, 4, C)
-        value = xp.matmul(wts.reshape(n * S, 1, 4), block).reshape(n, S, C)        # each point's value
-        real = xp.broadcast_to(real.reshape(k, 1, 1, S), (k, PH, PW, S)).reshape(n, S, 1)
-        value = xp.where(real, value, -xp.inf)                                     # padding never wins
-        s = value.argmax(axis=1)                                                   # (n, C) first max
-        best = xp.take_along_axis(value, s[:, None, :], axis=1)[:, 0]
-        has_points = real.any(axis=1)
-        grid_x = xp.repeat(x.grid[ks], PH * PW)[:, None]
-        arg = (s // Gx) * grid_x + s % Gx                                          # kernel's iy*grid_w+ix
-        out[ks] = xp.where(has_points, best, 0).reshape(k, PH, PW, C)
-        argmax[ks] = xp.where(has_points, arg, -1).reshape(k, PH, PW, C)
-    return (xp.ascontiguousarray(out.transpose(0, 3, 1, 2)),
-            xp.ascontiguousarray(argmax.transpose(0, 3, 1, 2)))
+    out = xp.zeros((K, C, PH, PW), dtype=features.dtype)
+    argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
+    for ks, pix, wts, real, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * features.itemsize):
+        # Every point's value w1*v1 + w2*v2 + w3*v3 + w4*v4, added in the kernel's order.
+        value = wts[:, :, 0, None] * xp.take(F, pix[:, :, 0], axis=0)              # (n, S, C)
+        for q in range(1, 4):
+            value += wts[:, :, q, None] * xp.take(F, pix[:, :, q], axis=0)
+        value = xp.where(real[:, :, None], value, -xp.inf)                         # padding never wins
+        best, s = max_and_argmax(value)                                            # (n, C)
+        has_points = real.any(axis=1)[:, None]
+        out[ks] = bins_to_kchw(xp.where(has_points, best, 0), PH, PW)
+        argmax[ks] = bins_to_kchw(xp.where(has_points, (s // Gx) * grid_x + s % Gx, -1), PH, PW)
+    return out, argmax
 
 
 def _numpy_max_backward(dout, cache):
-    """Route each ``dout[k, c, ph, pw]`` to the four cells of its winning point (a scatter-add of
-    scalars, since every channel has its own winner)."""
+    """Route each ``dout[k, c, ph, pw]`` to the four cells of its winning point.
+
+    Every channel has its own winner, so ``dout`` is first spread over the points, ``(S, bins, C)``
+    with zeros except at the winner; then it is ``S.T @ that``, as in the avg backward.
+    """
     xp = get_xp(dout)
     N, C, H, W = cache.features_shape
-    K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    rois = cache.rois
-    y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio, cache.aligned,
-                        cache.quantize, H, W)
-    dF = xp.zeros(N * C * H * W, dtype=dout.dtype)
-    batch = rois[:, 0].astype(np.int64)
-    k = xp.arange(K)[:, None, None, None]
-    c = xp.arange(C)[None, :, None, None]
-    ph = xp.arange(PH)[None, None, :, None]
-    pw = xp.arange(PW)[None, None, None, :]
-    a = cache.argmax.astype(np.int64)
-    won = a >= 0
-    a = xp.maximum(a, 0)
-    grid_x = xp.maximum(x.grid, 1)[:, None, None, None]
-    iy, ix = a // grid_x, a % grid_x
-    ycell, ywt = y.idx[k, ph, iy], y.w[k, ph, iy]                                 # (K, C, PH, PW, 2)
-    xcell, xwt = x.idx[k, pw, ix], x.w[k, pw, ix]
-    plane = (batch[:, None, None, None] * C + c) * H                               # (K, C, 1, 1)
-    index = ((plane[..., None] + ycell)[..., :, None] * W + xcell[..., None, :])   # (K, C, PH, PW, 2, 2)
-    grad = (dout * won)[..., None, None] * ywt[..., :, None] * xwt[..., None, :]
-    scatter_add(dF, index.reshape(-1), grad.reshape(-1))
+    PH, PW = cache.output_size
+    dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
+    for ks, pix, wts, real, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
+        n, S = pix.shape[:2]
+        a = kchw_to_bins(cache.argmax[ks]).astype(np.int64)                        # (n, C)
+        g = xp.maximum(grid_x, 1)
+        s = xp.where(a >= 0, (a // g) * Gx + a % g, -1)                            # chunk's numbering
+        spread = xp.where(s[None] == xp.arange(S)[:, None, None], kchw_to_bins(dout[ks])[None], 0)
+        col = xp.broadcast_to(xp.arange(S)[None, :, None] * n + xp.arange(n)[:, None, None], pix.shape)
+        keep = wts != 0
+        for p, grad in sparse_rows_matmul(pix[keep], col[keep], wts[keep], spread.reshape(S * n, C)):
+            dF[p // (H * W), :, p % (H * W)] += grad
     return dF.reshape(N, C, H, W)
 
 

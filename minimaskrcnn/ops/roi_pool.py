@@ -23,7 +23,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp, scatter_add
-from ._roi_common import check_roi_inputs, channels_last, chunks_by_size, round_half_away_from_zero
+from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, max_and_argmax,
+                          round_half_away_from_zero)
 from .rawkernel import get_kernel, launch_1d
 from .roi_align import _check_int32_sizes, _host
 
@@ -113,8 +114,8 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     K, (PH, PW) = rois.shape[0], output_size
     (h0, h1), (w0, w1) = _bins(rois, spatial_scale, output_size, H, W)
     F = channels_last(features)
-    out = xp.zeros((K, PH, PW, C), dtype=features.dtype)
-    argmax = xp.full((K, PH, PW, C), -1, dtype=np.int32)
+    out = xp.zeros((K, C, PH, PW), dtype=features.dtype)
+    argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
     for ks in chunks_by_size(_host(cells), C * features.itemsize):
@@ -122,21 +123,16 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
         Lh = max(int((h1[ks] - h0[ks]).max()), 1)
         Lw = max(int((w1[ks] - w0[ks]).max()), 1)
         # A bin's rows/columns, padded by repeating its last one: a repeat never changes the max, and
-        # comes after the cell it copies, so argmax still picks the first cell in row-major order.
+        # comes after the cell it copies, so the first maximal cell in row-major order still wins.
         rows = xp.clip(xp.minimum(h0[ks, :, None] + xp.arange(Lh), h1[ks, :, None] - 1), 0, H - 1)
         cols = xp.clip(xp.minimum(w0[ks, :, None] + xp.arange(Lw), w1[ks, :, None] - 1), 0, W - 1)
-        pix = ((batch[ks, None, None] * H + rows) * W)[:, :, None, :, None] + cols[:, None, :, None, :]
-        n = len(ks) * PH * PW
-        block = xp.take(F, pix.reshape(n, Lh * Lw), axis=0)                        # (bins, cells, C)
-        s = block.argmax(axis=1)                                                   # (bins, C)
-        best = xp.take_along_axis(block, s[:, None, :], axis=1)[:, 0]
-        cell = xp.broadcast_to(rows[:, :, None, :, None] * W + cols[:, None, :, None, :],
-                               pix.shape).reshape(n, Lh * Lw)
-        empty = ((h1[ks] <= h0[ks])[:, :, None] | (w1[ks] <= w0[ks])[:, None, :]).reshape(n, 1)
-        out[ks] = xp.where(empty, 0, best).reshape(-1, PH, PW, C)
-        argmax[ks] = xp.where(empty, -1, xp.take_along_axis(cell, s, axis=1)).reshape(-1, PH, PW, C)
-    return (xp.ascontiguousarray(out.transpose(0, 3, 1, 2)),
-            xp.ascontiguousarray(argmax.transpose(0, 3, 1, 2)))
+        cell = (rows[:, :, None, :, None] * W + cols[:, None, :, None, :]).reshape(-1, Lh * Lw)  # (bins, L)
+        pix = (batch[ks] * (H * W)).repeat(PH * PW)[:, None] + cell                          # rows of F
+        best, first = max_and_argmax(xp.take(F, pix, axis=0))                               # (bins, C)
+        empty = ((h1[ks] <= h0[ks])[:, :, None] | (w1[ks] <= w0[ks])[:, None, :]).reshape(-1, 1)
+        out[ks] = bins_to_kchw(xp.where(empty, 0, best), PH, PW)
+        argmax[ks] = bins_to_kchw(xp.where(empty, -1, xp.take_along_axis(cell, first, axis=1)), PH, PW)
+    return out, argmax
 
 
 def _kernel_forward(features, rois, output_size, spatial_scale):
