@@ -43,6 +43,12 @@ def close(ours, ref, what, atol=1e-4, rtol=1e-4):
     np.testing.assert_allclose(ours, ref, rtol=rtol, atol=atol, err_msg=f"{what}: ours vs torchvision")
 
 
+def close_boxes(ours, ref, what, image_side=128.0):
+    """Box coordinates to 1e-4 of the image size: a float32 delta that differs in its last bits moves a
+    512 px anchor's corner by ~1e-4 px, so coordinate-relative tolerance is meaningless near 0."""
+    close(np.asarray(ours) / image_side, np.asarray(ref) / image_side, what, atol=1e-4, rtol=0)
+
+
 def test_parity_backbone_and_rpn_head(parity):
     model, images, fx = parity
     batch, sizes, _, _ = model.preprocess(images)
@@ -62,7 +68,7 @@ def test_parity_proposals_box_head_and_masks(parity):
     feats = model.backbone(batch)
     proposals, _ = model.rpn(feats, sizes, batch.shape[-2:])
     for i, p in enumerate(proposals):
-        close(p, fx[f"proposals{i}"], f"proposals of image {i}")
+        close_boxes(p, fx[f"proposals{i}"], f"proposals of image {i}")
     # the box head on torchvision's own proposals
     ref_props = [fx["proposals0"], fx["proposals1"]]
     from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales
@@ -74,7 +80,7 @@ def test_parity_proposals_box_head_and_masks(parity):
     close(box_regression, fx["box_regression"], "box regression")
     dets = rh.predict(feats[:-1], ref_props, sizes)
     for i, d in enumerate(dets):
-        close(d["boxes"], fx[f"det_boxes_resized{i}"], f"detections of image {i} (resized image)")
+        close_boxes(d["boxes"], fx[f"det_boxes_resized{i}"], f"detections of image {i} (resized image)")
     probs = np.concatenate([d["mask_probs"] for d in dets])
     ref = 1 / (1 + np.exp(-fx["mask_logits_selected"].astype(np.float64)))
     close(probs, ref, "mask probabilities of the detections")
@@ -84,7 +90,7 @@ def test_parity_final_detections(parity):
     model, images, fx = parity
     preds = model.predict(images, mask_threshold=None)
     for i, p in enumerate(preds):
-        close(p["boxes"], fx[f"final_boxes{i}"], f"final boxes {i}")
+        close_boxes(p["boxes"], fx[f"final_boxes{i}"], f"final boxes {i}")
         np.testing.assert_array_equal(p["labels"], fx[f"final_labels{i}"])
         close(p["scores"], fx[f"final_scores{i}"], f"final scores {i}")
         soft = p["masks"].reshape(len(p["masks"]), -1)
@@ -108,6 +114,12 @@ def tiny_float64_model():
     for _, m in model.named_modules():  # GroupNorm with 2 groups of the few channels
         if hasattr(m, "num_groups"):
             m.num_groups = 2
+    # Zero-initialised biases put ReLU inputs exactly at the kink wherever a ReLU'd input is all zero
+    # (e.g. the mask deconv over dead pixels): central differences then see half a slope. Jitter them.
+    rng = np.random.default_rng(5)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data = p.data + rng.uniform(0.01, 0.05, p.shape)
     return model
 
 
@@ -158,8 +170,8 @@ def test_whole_model_gradient_float64():
         assert any(n.startswith(part) and np.any(g != 0) for n, g in grads.items()), part
         sub = {n: v for n, v in params.items() if n.startswith(part)}
         err = check_directional(loss, sub, {n: grads[n] for n in sub})
-        assert err < 1e-6, f"{part}: directional relative error {err:.2e}"
-    assert check_directional(loss, params, grads) < 1e-6
+        assert err < 1e-7, f"{part}: directional relative error {err:.2e}"
+    assert check_directional(loss, params, grads) < 1e-7
 
 
 # ---- training and inference on edge cases ---------------------------------------------------------------------
