@@ -319,3 +319,16 @@ def test_fixture_nms():
     np.testing.assert_array_equal(nms(f["tie_big_boxes"], f["tie_big_scores"], 0.5), f["tie_big_keep"])
     np.testing.assert_array_equal(batched_nms(f["boxes"], f["scores"], f["batched_idxs"], 0.5),
                                   f["batched_keep"])
+
+
+def test_max_keep_is_truncation():
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 100, (400, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 40, (400, 2))], axis=1)
+    scores = rng.uniform(size=400)
+    full = nms(boxes, scores, 0.5)
+    for k in (0, 1, 7, len(full), len(full) + 5):
+        np.testing.assert_array_equal(nms(boxes, scores, 0.5, max_keep=k), full[:k])
+    cats = rng.integers(0, 4, 400)
+    np.testing.assert_array_equal(batched_nms(boxes, scores, cats, 0.5, max_keep=9),
+                                  batched_nms(boxes, scores, cats, 0.5)[:9])

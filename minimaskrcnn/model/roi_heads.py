@@ -293,7 +293,7 @@ class RoIHeads(nn.Module):
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             keep = remove_small_boxes(boxes, 1e-2)
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh, max_keep=self.detections_per_img)
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         if self.has_mask:
             self._predict_masks(features, results, scales)

@@ -154,7 +154,7 @@ class RegionProposalNetwork(nn.Module):
             boxes, scores, lv = boxes[keep], scores[keep], lvl_ids[keep]
             keep = xp.nonzero(scores >= self.score_thresh)[0]
             boxes, scores, lv = boxes[keep], scores[keep], lv[keep]
-            keep = batched_nms(boxes, scores, lv, self.nms_thresh)[:post_n]
+            keep = batched_nms(boxes, scores, lv, self.nms_thresh, max_keep=post_n)
             out.append(boxes[keep])
         return out
 

@@ -213,7 +213,7 @@ def remove_small_boxes(boxes, min_size: float):
     return xp.flatnonzero((ws >= min_size) & (hs >= min_size)).astype(xp.int64)
 
 
-def nms(boxes, scores, iou_threshold: float):
+def nms(boxes, scores, iou_threshold: float, max_keep: int | None = None):
     """Greedy non-maximum suppression.
 
     Visit the boxes by decreasing score; keep a box unless a box kept before it overlaps it with
@@ -224,6 +224,8 @@ def nms(boxes, scores, iou_threshold: float):
         boxes: (N, 4) boxes with x1 <= x2, y1 <= y2.
         scores: (N,) scores.
         iou_threshold: boxes overlapping a kept box with IoU strictly above this are discarded.
+        max_keep: stop after this many kept boxes. Boxes are kept in decreasing score order, so this is
+            exactly ``nms(...)[:max_keep]``, minus the work (the RPN keeps only its top 1000 or 2000).
     Returns:
         (K,) int64 indices of the kept boxes, by decreasing score.
 
@@ -245,7 +247,7 @@ def nms(boxes, scores, iou_threshold: float):
     areas = (x2 - x1) * (y2 - y1)
     keep = []
     rest = xp.arange(order.shape[0])  # positions (in visiting order) still in the running
-    while rest.shape[0] > 0:
+    while rest.shape[0] > 0 and (max_keep is None or len(keep) < max_keep):
         i, rest = rest[0], rest[1:]
         keep.append(i)
         w = xp.maximum(xp.minimum(x2[i], x2[rest]) - xp.maximum(x1[i], x1[rest]), 0)
@@ -255,10 +257,12 @@ def nms(boxes, scores, iou_threshold: float):
             iou = inter / (areas[i] + areas[rest] - inter)
         # "not (iou > t)" rather than "iou <= t": a NaN IoU does not suppress, as in the C++ kernel.
         rest = rest[~(iou.astype(xp.float64) > iou_threshold)]
+    if not keep:
+        return xp.zeros((0,), dtype=xp.int64)
     return order[xp.stack(keep)].astype(xp.int64)
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold: float):
+def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None = None):
     """NMS within each category: boxes with different ``idxs`` never suppress each other.
 
     The coordinate-offset trick of torchvision: shift the boxes of category ``c`` by ``c * (max + 1)``
@@ -269,7 +273,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
         boxes: (N, 4) boxes, coordinates >= 0.
         scores: (N,) scores.
         idxs: (N,) integer category (or FPN level) of each box, >= 0.
-        iou_threshold: as in :func:`nms`.
+        iou_threshold, max_keep: as in :func:`nms`.
     Returns:
         (K,) int64 indices of the kept boxes, by decreasing score.
     """
@@ -286,4 +290,4 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
                          "clip them with clip_boxes_to_image first")
     max_coordinate = boxes.max()
     offsets = idxs.astype(boxes.dtype) * (max_coordinate + xp.asarray(1, dtype=boxes.dtype))
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    return nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)
