@@ -114,6 +114,11 @@ class RegionProposalNetwork(nn.Module):
         per_level = [lg.shape[2] * lg.shape[3] * A for lg in logits]
         obj = self._cat([flatten_level(lg, N, A, 1)[..., 0] for lg in logits])    # (N, sum)
         dlt = self._cat([flatten_level(d, N, A, 4) for d in deltas])               # (N, sum, 4)
+        xp = get_xp(obj)
+        if not (bool(xp.isfinite(obj).all()) and bool(xp.isfinite(dlt).all())):
+            # NaN boxes would fail much later and far from the cause (a diverged network or input)
+            raise FloatingPointError("the RPN's objectness or box deltas are not finite: the weights or the "
+                                     "input hold NaN or inf (training diverged?)")
         proposals = self.filter_proposals(obj, dlt, anchors, per_level, image_sizes)
         losses = {}
         if self.training:

@@ -1,0 +1,93 @@
+"""The training loop: exact resume, the NaN guard, checkpoints on disk, and the command line's errors."""
+import json
+
+import numpy as np
+import pytest
+
+from minimaskrcnn import config
+from minimaskrcnn.cli import main
+from minimaskrcnn.data.coco import CocoDataset
+from minimaskrcnn.data.shapes import make_shapes_dataset
+from minimaskrcnn.data.transforms import DataLoader
+from minimaskrcnn.engine.trainer import Trainer, TrainingDiverged
+from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.nn import load_npz
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data") / "shapes"
+    make_shapes_dataset(root, num_train=10, num_val=3, image_size=64, object_size=(12, 30), progress=False)
+    return root
+
+
+def small_config(**kw):
+    return config.tiny(num_classes=4, min_size=64, max_size=64, images_per_batch=2, warmup_iters=2, lr_steps=(3,),
+                       **kw)
+
+
+def make_trainer(root, out, iters, checkpoint_every=2):
+    ds = CocoDataset(root, "train")
+    model = MaskRCNN(small_config())
+    loader = DataLoader(ds, 2, seed=0)
+    return Trainer(model, loader, out, max_iters=iters, checkpoint_every=checkpoint_every, progress=False)
+
+
+def test_resumed_training_reaches_exactly_the_uninterrupted_weights(shapes, tmp_path):
+    full = make_trainer(shapes, tmp_path / "full", 5)
+    full.train()
+    part = make_trainer(shapes, tmp_path / "part", 2)
+    part.train()                                  # stops after 2 iterations, checkpoint written
+    resumed = make_trainer(shapes, tmp_path / "part", 5)
+    resumed.load()
+    assert resumed.iteration == 2
+    resumed.train()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert [round(d["loss_mask"], 12) for d in full.log["losses"]] == \
+        [round(d["loss_mask"], 12) for d in resumed.log["losses"]]
+    saved = load_npz(tmp_path / "part" / "last.npz")
+    assert json.loads(str(saved["meta.json"]))["iteration"] == 5
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(shapes, tmp_path):
+    tr = make_trainer(shapes, tmp_path, 6, checkpoint_every=1)
+    tr.max_iters = 2
+    tr.train()
+    good = load_npz(tr.checkpoint_path)
+    tr.max_iters = 6
+    name, p = next(iter(tr.model.named_parameters()))
+    p.data[...] = np.nan                          # poison the weights: the next loss is NaN
+    with pytest.raises(TrainingDiverged, match=r"stopped at iteration 2: .*not finite.*last good checkpoint"):
+        tr.train()
+    kept = load_npz(tr.checkpoint_path)
+    np.testing.assert_array_equal(kept[f"model.{name}"], good[f"model.{name}"])
+    assert np.isfinite(kept[f"model.{name}"]).all()
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    (bad / "annotations").mkdir(parents=True)
+    (bad / "annotations" / "instances_train.json").write_text("{not json")
+    code = main(["train", "--data", str(bad), "--iters", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "instances_train.json" in err[0] and "Traceback" not in err[0]
+    code = main(["evaluate", "--data", str(bad), "--checkpoint", str(tmp_path / "missing.npz")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "missing.npz" in err and "not found" in err
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--iters", "1", "--out", str(tmp_path / "o")])
+    assert code == 1 and "annotation file not found" in capsys.readouterr().err
+
+
+def test_cli_train_evaluate_predict_round_trip(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(shapes), "--config", "tiny", "--iters", "2", "--out", str(out),
+                 "--batch-size", "2"]) == 0
+    assert (out / "last.npz").exists() and (out / "log.json").exists()
+    assert main(["evaluate", "--data", str(shapes), "--checkpoint", str(out / "last.npz")]) == 0
+    assert "IoU type: segm" in capsys.readouterr().out
+    image = next((shapes / "val").glob("*.png"))
+    assert main(["predict", "--checkpoint", str(out / "last.npz"), str(image), "--out", str(tmp_path / "p"),
+                 "--score-threshold", "0.0"]) == 0
+    assert (tmp_path / "p" / f"{image.stem}_pred.png").exists()
