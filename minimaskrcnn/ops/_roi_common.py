@@ -57,7 +57,8 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
     if not (np.issubdtype(rois.dtype, np.floating) or np.issubdtype(rois.dtype, np.integer)):
         raise ValueError(f"{op}: rois must be a real-valued array, got dtype {rois.dtype}")
     ph, pw = output_size_pair(output_size, op)
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, np.integer, np.floating)) \
+    real_number = (int, float, np.integer, np.floating)
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, real_number) \
             or not (np.isfinite(spatial_scale) and spatial_scale > 0):
         raise ValueError(f"{op}: spatial_scale must be a finite positive number, got {spatial_scale!r}")
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):

@@ -78,7 +78,7 @@ _DTYPES = {
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$MINIMASKRCNN_KERNEL_CACHE`` or ``~/.cache/minimaskrcnn/kernels``."""
+    """The folder of compiled kernels: ``$MINIMASKRCNN_KERNEL_CACHE`` or ``~/.cache/minimaskrcnn/kernels``."""
     env = os.environ.get("MINIMASKRCNN_KERNEL_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "minimaskrcnn" / "kernels"
 
@@ -300,12 +300,12 @@ class EmulatedKernel:
             raise ValueError(f"block {block3} has {block3[0] * block3[1] * block3[2]} threads; CUDA allows "
                              "at most 1024 threads per block")
         if shared_mem:
-            raise UnsupportedKernelError("dynamic shared memory cannot be emulated (threads run one at a time)")
+            raise UnsupportedKernelError("dynamic shared memory cannot be emulated (threads run one by one)")
         if not isinstance(args, (tuple, list)) or len(args) != len(self.params):
             n = len(args) if isinstance(args, (tuple, list)) else type(args).__name__
             raise ValueError(f"kernel {self.name} takes {len(self.params)} arguments "
                              f"({', '.join(p.name for p in self.params)}), got {n}")
-        holders = [self._convert(i, p, a) for i, (p, a) in enumerate(zip(self.params, args))]
+        holders = [self._convert(i, p, a) for i, (p, a) in enumerate(zip(self.params, args, strict=True))]
         pointers = (ctypes.c_void_p * max(len(holders), 1))(*[ctypes.addressof(h) for h in holders])
         launch = (ctypes.c_uint * 6)(*grid3, *block3)
         self._launch(launch, pointers)
@@ -323,7 +323,7 @@ class EmulatedKernel:
                 raise ValueError(f"{where}: the array must be C-contiguous (the kernel indexes it as one "
                                  "flat buffer); pass np.ascontiguousarray(x)")
             if p.writes and not a.flags.writeable:
-                raise ValueError(f"{where}: the kernel writes through this pointer but the array is read-only")
+                raise ValueError(f"{where}: the kernel writes through this pointer; the array is read-only")
             return ctypes.c_void_p(a.ctypes.data)
         if not isinstance(a, np.generic) or a.dtype != p.dtype:
             got = f"{type(a).__name__} {a!r}" if not isinstance(a, np.generic) else f"{a.dtype} scalar"

@@ -24,9 +24,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add
-from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, kchw_to_bins,
-                          max_and_argmax, round_half_away_from_zero, sparse_rows_matmul)
+from ..backend import get_xp
+from ._roi_common import (
+    bins_to_kchw,
+    channels_last,
+    check_roi_inputs,
+    chunks_by_size,
+    kchw_to_bins,
+    max_and_argmax,
+    round_half_away_from_zero,
+    sparse_rows_matmul,
+)
 from .rawkernel import get_kernel, launch_1d
 
 
@@ -90,6 +98,10 @@ def bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ra
                           bool(aligned), quantize, mode, impl, None)
     if impl == "kernel":
         out, argmax = _kernel_forward(features, cache)
+    elif len(rois) == 0:
+        xp = get_xp(features)
+        out = xp.zeros((0, features.shape[1], PH, PW), dtype=features.dtype)
+        argmax = xp.zeros(out.shape, dtype=np.int32) if mode == "max" else None
     elif mode == "avg":
         out, argmax = _numpy_avg_forward(features, cache), None
     else:
@@ -158,7 +170,8 @@ def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
     b = xp.arange(n_bins, dtype=start.dtype)[None, :, None]
     g = (xp.arange(G) + 0.5).astype(start.dtype)[None, None, :]
     bin3 = bin_size[:, None, None]
-    coord = start[:, None, None] + b * bin3 + g * bin3 / xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
+    per_point = xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
+    coord = start[:, None, None] + b * bin3 + g * bin3 / per_point
     # torchvision's border rules: > 1 cell outside reads 0; the margin is clamped onto the border.
     outside = (coord < -1) | (coord > size) | (xp.arange(G)[None, None, :] >= grid[:, None, None])
     coord = xp.maximum(coord, dtype(0))
@@ -316,7 +329,7 @@ def _numpy_max_backward(dout, cache):
     N, C, H, W = cache.features_shape
     PH, PW = cache.output_size
     dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
-    for ks, pix, wts, real, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
+    for ks, pix, wts, _, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
         n, S = pix.shape[:2]
         a = kchw_to_bins(cache.argmax[ks]).astype(np.int64)                        # (n, C)
         g = xp.maximum(grid_x, 1)

@@ -23,8 +23,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp, scatter_add
-from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, max_and_argmax,
-                          round_half_away_from_zero)
+from ._roi_common import (
+    bins_to_kchw,
+    channels_last,
+    check_roi_inputs,
+    chunks_by_size,
+    max_and_argmax,
+    round_half_away_from_zero,
+)
 from .rawkernel import get_kernel, launch_1d
 from .roi_align import _check_int32_sizes, _host
 
