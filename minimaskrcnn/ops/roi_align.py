@@ -32,6 +32,7 @@ from ._roi_common import (
     chunks_by_size,
     kchw_to_bins,
     max_and_argmax,
+    output_size_pair,
     round_half_away_from_zero,
     sparse_rows_matmul,
 )
@@ -139,8 +140,13 @@ class _Axis(NamedTuple):
     w: object
 
 
-def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize, height, width):
-    """``(y_axis, x_axis, count)`` for every RoI: see ``roi_geometry`` in kernels/roi_align.cu."""
+def _sample_points(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize):
+    """Where every RoI's sample points lie: see ``roi_geometry`` in kernels/roi_align.cu.
+
+    Returns ``(corners, (grid_y, y), (grid_x, x))``: the RoIs as sampled, (K, 4) ``x1, y1, x2, y2`` in
+    feature-map cells (cell ``i``'s value sits at coordinate ``i``); per axis the points per bin
+    ``grid`` (K,) and the coordinates (K, bins, G) of point ``g`` of each bin (padding for ``g >= grid``).
+    """
     xp = get_xp(rois)
     dtype = rois.dtype.type
     corners = rois[:, 1:] * dtype(spatial_scale)               # (K, 4) x1, y1, x2, y2 in cells
@@ -151,13 +157,12 @@ def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantiz
     if not aligned:                                            # legacy: at least 1x1 cell
         size = xp.maximum(size, dtype(1))
     PH, PW = output_size
-    y = _axis(corners[:, 1], size[:, 1], PH, sampling_ratio, height)
-    x = _axis(corners[:, 0], size[:, 0], PW, sampling_ratio, width)
-    count = xp.maximum(y.grid * x.grid, 1).astype(rois.dtype)  # points per bin
-    return y, x, count
+    y = _axis_points(corners[:, 1], size[:, 1], PH, sampling_ratio)
+    x = _axis_points(corners[:, 0], size[:, 0], PW, sampling_ratio)
+    return xp.concatenate([corners[:, :2], corners[:, :2] + size], axis=1), y, x
 
 
-def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
+def _axis_points(start, length, n_bins: int, sampling_ratio: int):
     xp = get_xp(start)
     dtype = start.dtype.type
     bin_size = length / dtype(n_bins)
@@ -171,18 +176,55 @@ def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
     g = (xp.arange(G) + 0.5).astype(start.dtype)[None, None, :]
     bin3 = bin_size[:, None, None]
     per_point = xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
-    coord = start[:, None, None] + b * bin3 + g * bin3 / per_point
-    # torchvision's border rules: > 1 cell outside reads 0; the margin is clamped onto the border.
+    return grid, start[:, None, None] + b * bin3 + g * bin3 / per_point
+
+
+def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize, height, width):
+    """``(y_axis, x_axis, count)`` for every RoI: the sample points' neighbouring cells and weights."""
+    xp = get_xp(rois)
+    _, (grid_y, y), (grid_x, x) = _sample_points(rois, spatial_scale, output_size, sampling_ratio, aligned,
+                                                 quantize)
+    count = xp.maximum(grid_y * grid_x, 1).astype(rois.dtype)  # points per bin
+    return _neighbours(grid_y, y, height), _neighbours(grid_x, x, width), count
+
+
+def _neighbours(grid, coord, size: int) -> _Axis:
+    """The two cells around each point along one axis and their bilinear weights, with torchvision's
+    border rules: a point more than one cell outside reads 0; one in that margin is clamped."""
+    xp = get_xp(coord)
+    dtype = coord.dtype.type
+    G = coord.shape[-1]
     outside = (coord < -1) | (coord > size) | (xp.arange(G)[None, None, :] >= grid[:, None, None])
     coord = xp.maximum(coord, dtype(0))
     low = coord.astype(np.int64)
     edge = low >= size - 1
     low = xp.where(edge, size - 1, low)
     high = xp.where(edge, size - 1, low + 1)
-    frac = xp.where(edge, dtype(0), coord - low.astype(start.dtype))
-    inside = (~outside).astype(start.dtype)
+    frac = xp.where(edge, dtype(0), coord - low.astype(coord.dtype))
+    inside = (~outside).astype(coord.dtype)
     w = xp.stack([(dtype(1) - frac) * inside, frac * inside], axis=-1)
     return _Axis(grid, xp.stack([low, high], axis=-1), w)
+
+
+def roi_sample_points(roi, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                      quantize=False) -> dict:
+    """Where RoIAlign (or RoIWarp, ``quantize=True``) reads the feature map for one RoI: for pictures.
+
+    Args:
+        roi: ``(x1, y1, x2, y2)`` in image pixels. The rest: as :func:`roi_align_forward`.
+    Returns:
+        dict of NumPy float64 arrays in feature-map cells, where cell ``(i, j)``'s value sits at
+        ``(y, x) = (i, j)`` (as ``plt.imshow`` draws it): ``box`` (4,) the RoI as sampled;
+        ``y_edges`` (PH + 1,), ``x_edges`` (PW + 1,) the bin boundaries; ``y`` (PH, grid_h) and
+        ``x`` (PW, grid_w) the coordinates of the sample points of each bin row / column (a bin's
+        points are all pairs).
+    """
+    rois = np.concatenate([[0.0], np.asarray(roi, dtype=np.float64)])[None]
+    PH, PW = output_size_pair(output_size, "roi_sample_points")
+    box, (gy, y), (gx, x) = _sample_points(rois, spatial_scale, (PH, PW), sampling_ratio, aligned, quantize)
+    x1, y1, x2, y2 = box[0]
+    return {"box": box[0], "y_edges": y1 + (y2 - y1) * np.arange(PH + 1) / PH,
+            "x_edges": x1 + (x2 - x1) * np.arange(PW + 1) / PW, "y": y[0, :, :gy[0]], "x": x[0, :, :gx[0]]}
 
 
 def _merge(axis: _Axis):

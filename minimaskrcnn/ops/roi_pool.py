@@ -29,6 +29,7 @@ from ._roi_common import (
     check_roi_inputs,
     chunks_by_size,
     max_and_argmax,
+    output_size_pair,
     round_half_away_from_zero,
 )
 from .rawkernel import get_kernel, launch_1d
@@ -92,6 +93,21 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     if K:
         scatter_add(dF, (plane + xp.maximum(cache.argmax, 0)).reshape(-1), (dout * won).reshape(-1))
     return dF.reshape(N, C, H, W)
+
+
+def roi_pool_cells(roi, output_size, spatial_scale, height: int, width: int):
+    """Which cells each RoIPool bin takes its max over, for one RoI: for pictures.
+
+    Args:
+        roi: ``(x1, y1, x2, y2)`` in image pixels; height, width: the feature map's size.
+    Returns:
+        ``(rows, cols)``: (PH, 2) and (PW, 2) int arrays; bin ``(ph, pw)`` covers rows
+        ``rows[ph, 0] <= i < rows[ph, 1]`` and columns ``cols[pw, 0] <= j < cols[pw, 1]``.
+    """
+    rois = np.concatenate([[0.0], np.asarray(roi, dtype=np.float64)])[None]
+    (h0, h1), (w0, w1) = _bins(rois, spatial_scale, output_size_pair(output_size, "roi_pool_cells"), height,
+                               width)
+    return np.stack([h0[0], h1[0]], axis=1), np.stack([w0[0], w1[0]], axis=1)
 
 
 def _bins(rois, spatial_scale, output_size, height, width):
