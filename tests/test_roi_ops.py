@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from minimaskrcnn.nn.gradcheck import numerical_gradient, rel_error
 from minimaskrcnn.ops._roi_common import round_half_away_from_zero
-from minimaskrcnn.ops.roi_align import roi_align_backward, roi_align_forward
-from minimaskrcnn.ops.roi_pool import roi_pool_backward, roi_pool_forward
+from minimaskrcnn.ops.roi_align import roi_align_backward, roi_align_forward, roi_sample_points
+from minimaskrcnn.ops.roi_pool import roi_pool_backward, roi_pool_cells, roi_pool_forward
 from minimaskrcnn.ops.roi_warp import roi_warp_backward, roi_warp_forward
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -277,3 +277,43 @@ def test_backward_checks_dout(op, mode, impl):
         backward(out[:, :, :1], cache)
     with pytest.raises(ValueError, match="dtype"):
         backward(out.astype(np.float32), cache)
+
+
+# ------------------------------------------------------------------------------------------------
+# The geometry helpers behind the pictures agree with the operators
+
+def test_roi_sample_points_are_where_roi_align_reads():
+    """Averaging a linear ramp at the reported points must give RoIAlign's output (bilinear reads of
+    a ramp are exact), for RoIAlign and for RoIWarp (quantize=True)."""
+    H, W = 16, 18
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    x = (2 * yy + 5 * xx)[None, None]
+    roi = (9.7, 13.1, 51.3, 44.9)
+    for quantize, forward in ((False, roi_align_forward), (True, roi_warp_forward)):
+        for aligned in (False, True):
+            p = roi_sample_points(roi, (3, 2), 0.25, 2, aligned, quantize)
+            expected = 2 * p["y"].mean(axis=1)[:, None] + 5 * p["x"].mean(axis=1)[None, :]
+            out, _ = forward(x, np.array([[0, *roi]]), (3, 2), 0.25, 2, aligned)
+            np.testing.assert_allclose(out[0, 0], expected, rtol=1e-12)
+            assert p["y_edges"][0] == p["box"][1] and p["x_edges"][-1] == p["box"][2]
+
+
+def test_roi_pool_cells_are_where_roi_pool_reads():
+    x = np.random.default_rng(1).standard_normal((1, 1, 9, 11))
+    roi = (5.2, 3.9, 30.1, 27.7)
+    out, _ = roi_pool_forward(x, np.array([[0, *roi]]), (2, 3), 0.25)
+    rows, cols = roi_pool_cells(roi, (2, 3), 0.25, 9, 11)
+    expected = [[x[0, 0, r0:r1, c0:c1].max() for c0, c1 in cols] for r0, r1 in rows]
+    np.testing.assert_array_equal(out[0, 0], expected)
+
+
+def test_draw_roi_ops():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from minimaskrcnn.viz.roi import draw_roi_ops
+    fig, axes = draw_roi_ops(np.random.default_rng(0).random((8, 10)), (10, 12, 60, 50), 2, 1 / 8, 2, True)
+    assert [a.get_title().split(":")[0] for a in axes] == ["RoIPool", "RoIWarp", "RoIAlign"]
+    # RoIWarp and RoIAlign draw 2x2 bins with 2x2 points each; RoIPool shades its 4 windows
+    assert sum(len(line.get_xdata()) for line in axes[2].lines) == 16
+    assert len(axes[0].patches) == 4 + 1  # windows + the RoI
+    matplotlib.pyplot.close(fig)

@@ -91,8 +91,18 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
 
 
 def _host(a):
-    """A small array (an error report) as NumPy, whichever library holds it."""
+    """A small array (sizes, an error report) as NumPy, whichever library holds it."""
     return a.get() if is_cupy(a) else np.asarray(a)
+
+
+host = _host
+
+
+def check_int32_sizes(*sizes):
+    """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
+    if max(sizes) >= 2 ** 31:
+        raise ValueError(f"arrays of {max(sizes)} elements are too large for the kernels' int32 indices; "
+                         "split the RoIs or use impl='numpy'")
 
 
 def round_half_away_from_zero(x):

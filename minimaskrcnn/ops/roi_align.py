@@ -28,8 +28,10 @@ from ..backend import get_xp
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
+    check_int32_sizes,
     check_roi_inputs,
     chunks_by_size,
+    host,
     kchw_to_bins,
     max_and_argmax,
     output_size_pair,
@@ -270,7 +272,7 @@ def _avg_blocks(rois, cache: RoIAlignCache, row_bytes: int):
     xi, xw, nx = _merge(x)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
-    for ks in chunks_by_size(_host(cells), row_bytes):
+    for ks in chunks_by_size(host(cells), row_bytes):
         ks = xp.asarray(ks)
         Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
         rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
@@ -327,7 +329,7 @@ def _max_blocks(rois, cache, row_bytes):
     y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
                         cache.aligned, cache.quantize, H, W)
     batch = rois[:, 0].astype(np.int64)
-    for ks in chunks_by_size(_host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
+    for ks in chunks_by_size(host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
         ks = xp.asarray(ks)
         k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
         rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
@@ -391,7 +393,7 @@ def _kernel_forward(features, cache):
     xp = get_xp(features)
     N, C, H, W = features.shape
     K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    _check_int32_sizes(features.size, K * C * PH * PW)
+    check_int32_sizes(features.size, K * C * PH * PW)
     dtype = features.dtype.type
     suffix = "f32" if features.dtype == np.float32 else "f64"
     use_max = cache.mode == "max"
@@ -420,14 +422,3 @@ def _kernel_backward(dout, cache):
         np.int32(W), np.int32(PH), np.int32(PW), dtype(cache.spatial_scale), np.int32(cache.sampling_ratio),
         np.int32(cache.aligned), np.int32(cache.quantize), np.int32(use_max), dF))
     return dF
-
-
-def _check_int32_sizes(*sizes):
-    """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
-    if max(sizes) >= 2 ** 31:
-        raise ValueError(f"arrays of {max(sizes)} elements are too large for the kernels' int32 indices; "
-                         "split the RoIs or use impl='numpy'")
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)

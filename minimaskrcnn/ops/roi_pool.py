@@ -26,14 +26,15 @@ from ..backend import get_xp, scatter_add
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
+    check_int32_sizes,
     check_roi_inputs,
     chunks_by_size,
+    host,
     max_and_argmax,
     output_size_pair,
     round_half_away_from_zero,
 )
 from .rawkernel import get_kernel, launch_1d
-from .roi_align import _check_int32_sizes, _host
 
 
 class RoIPoolCache(NamedTuple):
@@ -140,7 +141,7 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
-    for ks in chunks_by_size(_host(cells), C * features.itemsize):
+    for ks in chunks_by_size(host(cells), C * features.itemsize):
         ks = xp.asarray(ks)
         Lh = max(int((h1[ks] - h0[ks]).max()), 1)
         Lw = max(int((w1[ks] - w0[ks]).max()), 1)
@@ -161,7 +162,7 @@ def _kernel_forward(features, rois, output_size, spatial_scale):
     xp = get_xp(features)
     N, C, H, W = features.shape
     K, (PH, PW) = rois.shape[0], output_size
-    _check_int32_sizes(features.size, K * C * PH * PW)
+    check_int32_sizes(features.size, K * C * PH * PW)
     suffix = "f32" if features.dtype == np.float32 else "f64"
     out = xp.empty((K, C, PH, PW), dtype=features.dtype)
     argmax = xp.empty((K, C, PH, PW), dtype=np.int32)
