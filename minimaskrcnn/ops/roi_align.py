@@ -11,7 +11,9 @@ Two implementations with one signature and identical results (to round-off):
 * ``impl="numpy"`` (this file): vectorised over RoIs, bins and samples. The averaging RoIAlign is a
   *linear* map of the features, ``out = S @ F``, with ``S`` a sparse ``(K*PH*PW) x (N*H*W)`` matrix of
   bilinear weights; forward multiplies by ``S``, backward by ``S.T``. ``S`` factorises per RoI and
-  bin into a y-part times an x-part, so it is built from small 1-D tables.
+  bin into a y-part times an x-part, so it is built from small 1-D tables. The products gather
+  feature rows in chunks of RoIs sized to stay in the CPU cache (~2 MiB each): the only Python loop,
+  over groups of many RoIs.
 * ``impl="kernel"``: the CUDA kernel ``kernels/roi_align.cu`` (cupy.RawKernel on CuPy arrays; the CPU
   emulator of :mod:`minimaskrcnn.ops.rawkernel` on NumPy arrays), one thread per output value.
 
@@ -67,8 +69,9 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
         output_size: ``PH = PW = s`` for an int ``s``, or ``(PH, PW)``.
         spatial_scale: feature cells per image pixel (1/16 for a stride-16 map).
         sampling_ratio: sample points per bin along each axis; ``<= 0``: adaptive, ``ceil(bin size)``.
-        aligned: subtract half a cell from the scaled corners, so that a pixel's centre (not its
-            corner) sits at integer + 0.5 (Detectron2's fix); False reproduces the paper/torchvision.
+        aligned: shift the scaled RoI by -0.5 cell. Cell ``i`` covers ``[i, i + 1)`` of the scaled
+            image but its value is read at ``i``; the shift lines the two up (Detectron2's fix). False,
+            torchvision's default, reproduces the paper.
         mode: ``"avg"`` (the paper's default) or ``"max"`` over a bin's points (Table 2c compares both).
         impl: ``"numpy"`` or ``"kernel"`` (see the module docstring).
 
