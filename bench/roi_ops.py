@@ -2,7 +2,7 @@
 torchvision's CPU roi_align / roi_pool on the same inputs. Prints one JSON object.
 
     python bench/roi_ops.py                                          # NumPy + emulated kernels
-    python bench/roi_ops.py --torch-python /tmp/torchenv/bin/python  # + torchvision, in that interpreter
+    python bench/roi_ops.py --torch-python /tmp/torchenv/bin/python  # + NumPy vs torchvision, run there
     /tmp/torchenv/bin/python bench/roi_ops.py                        # or all in one interpreter
 
 Cases (float32, the sizes of Mask R-CNN R50-FPN on an 800x1216 image, P2..P5 at strides 4..32):
@@ -11,6 +11,8 @@ Cases (float32, the sizes of Mask R-CNN R50-FPN on an 800x1216 image, P2..P5 at 
 RoIs: centres uniform over the image, width and height uniform in 16..600 px, clipped to the image;
 each RoI pooled from its FPN level (Eq. 1). sampling_ratio=2, aligned=False (torchvision's Mask R-CNN).
 Times are medians over --repeat runs of all four levels; backward times the features' gradient only.
+"vs_torchvision" times NumPy and torchvision alternately within each repeat, so that both see the same
+machine load; "numpy_over_torchvision" < 1 means NumPy is faster.
 """
 from __future__ import annotations
 
@@ -89,50 +91,71 @@ def time_ours(data: dict, output: int, repeat: int, kernel_repeat: int) -> dict:
     return result
 
 
-def time_torchvision(data: dict, output: int, repeat: int) -> dict:
-    """torchvision's CPU kernels, called through torch.ops (the op itself, without autograd)."""
+def head_to_head(data: dict, output: int, repeat: int) -> dict:
+    """NumPy RoIAlign / RoIPool against torchvision's CPU kernels (called through torch.ops, without
+    autograd), timed alternately within each repeat so that both see the same machine load; for torch
+    with one thread and with its default thread count."""
     import torch
     import torchvision  # noqa: F401  (registers torch.ops.torchvision)
-    ops = torch.ops.torchvision
-    levels = []
-    for i, s in enumerate(STRIDES):
-        f, r, d = (torch.from_numpy(data[f"{k}{i}"]) for k in ("features", "rois", "dout"))
-        levels.append((f, r, d, 1 / s))
-    argmax = [ops.roi_pool(f, r, sc, output, output)[1] for f, r, d, sc in levels]
 
-    def align_fwd():
-        return [ops.roi_align(f, r, sc, output, output, SAMPLING_RATIO, ALIGNED) for f, r, d, sc in levels]
+    from minimaskrcnn.ops import roi_align, roi_pool
+    tv = torch.ops.torchvision
+    levels = range(len(STRIDES))
+    F, R, D = ([torch.from_numpy(data[f"{k}{i}"]) for i in levels] for k in ("features", "rois", "dout"))
+    scale = [1 / s for s in STRIDES]
+    ours = {"roi_align": (roi_align.roi_align_forward, roi_align.roi_align_backward),
+            "roi_pool": (roi_pool.roi_pool_forward, roi_pool.roi_pool_backward)}
 
-    def align_bwd():
-        return [ops._roi_align_backward(d, r, sc, output, output, *f.shape, SAMPLING_RATIO, ALIGNED)
-                for f, r, d, sc in levels]
+    def forward(op, i):
+        return ours[op][0](data[f"features{i}"], data[f"rois{i}"], output, scale[i], SAMPLING_RATIO, ALIGNED)
+    caches = {op: [forward(op, i)[1] for i in levels] for op in ours}
 
-    def pool_fwd():
-        return [ops.roi_pool(f, r, sc, output, output) for f, r, d, sc in levels]
-
-    def pool_bwd():
-        return [ops._roi_pool_backward(d, r, a, sc, output, output, *f.shape)
-                for (f, r, d, sc), a in zip(levels, argmax, strict=True)]
-
+    def backward(op, i):
+        return ours[op][1](data[f"dout{i}"], caches[op][i])
+    pool_argmax = [tv.roi_pool(F[i], R[i], scale[i], output, output)[1] for i in levels]
+    per_level = {
+        ("roi_align", "forward_s", "numpy"): lambda i: forward("roi_align", i),
+        ("roi_align", "forward_s", "torchvision"):
+            lambda i: tv.roi_align(F[i], R[i], scale[i], output, output, SAMPLING_RATIO, ALIGNED),
+        ("roi_align", "backward_s", "numpy"): lambda i: backward("roi_align", i),
+        ("roi_align", "backward_s", "torchvision"):
+            lambda i: tv._roi_align_backward(D[i], R[i], scale[i], output, output, *F[i].shape,
+                                             SAMPLING_RATIO, ALIGNED),
+        ("roi_pool", "forward_s", "numpy"): lambda i: forward("roi_pool", i),
+        ("roi_pool", "forward_s", "torchvision"): lambda i: tv.roi_pool(F[i], R[i], scale[i], output, output),
+        ("roi_pool", "backward_s", "numpy"): lambda i: backward("roi_pool", i),
+        ("roi_pool", "backward_s", "torchvision"):
+            lambda i: tv._roi_pool_backward(D[i], R[i], pool_argmax[i], scale[i], output, output,
+                                            *F[i].shape),
+    }
+    runs = {key: (lambda fn=fn: [fn(i) for i in levels]) for key, fn in per_level.items()}
     result = {"torch": torch.__version__, "torchvision": torchvision.__version__}
     for threads in sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
-        align_fwd(), align_bwd(), pool_bwd()  # warm-up
-        result[f"threads_{threads}"] = {
-            "roi_align": {"forward_s": median_time(align_fwd, repeat),
-                          "backward_s": median_time(align_bwd, repeat)},
-            "roi_pool": {"forward_s": median_time(pool_fwd, repeat),
-                         "backward_s": median_time(pool_bwd, repeat)},
-        }
+        times = {key: [] for key in runs}
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(repeat):
+            for key, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
+        table = {}
+        for (op, phase, impl), ts in times.items():
+            table.setdefault(op, {}).setdefault(phase, {})[impl] = float(np.median(ts))
+        for phases in table.values():
+            for v in phases.values():
+                v["numpy_over_torchvision"] = round(v["numpy"] / v["torchvision"], 3)
+        result[f"torch_threads_{threads}"] = table
     return result
 
 
-def torchvision_in(python: str, data: dict, output: int, repeat: int) -> dict:
-    """Run :func:`time_torchvision` in another interpreter (one with torch), on the same arrays."""
+def head_to_head_in(python: str, data: dict, output: int, repeat: int) -> dict:
+    """Run :func:`head_to_head` in another interpreter (one with torch), on the same arrays."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "inputs.npz")
         np.savez(path, **data)
-        proc = subprocess.run([python, __file__, "--torchvision-worker", path, "--output", str(output),
+        proc = subprocess.run([python, __file__, "--head-to-head-worker", path, "--output", str(output),
                                "--repeat", str(repeat)], capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
@@ -145,12 +168,12 @@ def main() -> None:
     parser.add_argument("--kernel-repeat", type=int, default=3, help="runs of the emulated kernels (0: skip)")
     parser.add_argument("--cases", default="box,mask")
     parser.add_argument("--torch-python", help="an interpreter with torch + torchvision to time them in")
-    parser.add_argument("--torchvision-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--head-to-head-worker", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.torchvision_worker:
-        data = dict(np.load(args.torchvision_worker))
-        print(json.dumps(time_torchvision(data, args.output, args.repeat)))
+    if args.head_to_head_worker:
+        data = dict(np.load(args.head_to_head_worker))
+        print(json.dumps(head_to_head(data, args.output, args.repeat)))
         return
 
     report = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
@@ -164,19 +187,10 @@ def main() -> None:
                  "rois_per_level": [int(len(data[f"rois{i}"])) for i in range(len(STRIDES))]}
         entry.update(time_ours(data, output, args.repeat, args.kernel_repeat))
         try:
-            tv = time_torchvision(data, output, args.repeat)
+            entry["vs_torchvision"] = head_to_head(data, output, args.repeat)
         except ImportError:
-            tv = torchvision_in(args.torch_python, data, output, args.repeat) if args.torch_python else None
-        if tv and "error" not in tv:
-            best = {op: {d: min(v[op][d] for k, v in tv.items() if k.startswith("threads_"))
-                         for d in ("forward_s", "backward_s")} for op in ("roi_align", "roi_pool")}
-            entry["torchvision"] = tv
-            # < 1: NumPy is faster than torchvision's best (over 1 thread and torch's default threads).
-            entry["numpy_over_torchvision"] = {
-                op: {d: round(entry[f"{op}_numpy"][d] / best[op][d], 3) for d in ("forward_s", "backward_s")}
-                for op in ("roi_align", "roi_pool")}
-        elif tv:
-            entry["torchvision"] = tv
+            if args.torch_python:
+                entry["vs_torchvision"] = head_to_head_in(args.torch_python, data, output, args.repeat)
         report[case] = entry
     print(json.dumps(report, indent=1))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy
+from ..backend import get_xp, is_cupy, scatter_add
 
 # Feature-map coordinates beyond this are refused: the kernels convert them to C ``int`` and float32
 # holds every integer only up to 2**24, so larger values could neither be rounded nor indexed safely.
@@ -151,6 +151,18 @@ def bins_to_kchw(rows, PH: int, PW: int):
 def kchw_to_bins(a):
     """``(k, C, PH, PW)`` -> ``(k*PH*PW, C)`` rows, one per bin (a copy)."""
     return get_xp(a).ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+
+
+def scatter_add_flat(a, index, values) -> None:
+    """``a[index] += values`` for a flat array ``a``, repeated indices accumulating.
+
+    On NumPy, ``np.add.at``: unlike ``np.bincount(..., minlength=a.size)`` it makes no temporary the size
+    of ``a`` (all the features), which costs more than the scatter when the RoIs touch a small part.
+    """
+    if isinstance(a, np.ndarray):
+        np.add.at(a, index, values)
+    else:
+        scatter_add(a, index, values)
 
 
 def max_and_argmax(block):

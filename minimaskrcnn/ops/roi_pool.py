@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add
+from ..backend import get_xp
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
@@ -33,6 +33,7 @@ from ._roi_common import (
     max_and_argmax,
     output_size_pair,
     round_half_away_from_zero,
+    scatter_add_flat,
 )
 from .rawkernel import get_kernel, launch_1d
 
@@ -89,10 +90,10 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     K = expected[0]
     batch = cache.rois[:, 0].astype(np.int64)[:, None, None, None]
     plane = (batch * C + xp.arange(C)[None, :, None, None]) * (H * W)              # (K, C, 1, 1)
-    won = cache.argmax >= 0
+    won = cache.argmax >= 0                                                        # False: empty bin
     dF = xp.zeros(N * C * H * W, dtype=dout.dtype)
     if K:
-        scatter_add(dF, (plane + xp.maximum(cache.argmax, 0)).reshape(-1), (dout * won).reshape(-1))
+        scatter_add_flat(dF, (plane + cache.argmax)[won], dout[won])
     return dF.reshape(N, C, H, W)
 
 
