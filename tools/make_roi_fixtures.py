@@ -65,10 +65,11 @@ def roi_ops(rng) -> dict:
         data[f"dout_{tag}"] = dout
         for aligned in (False, True):
             for sr in (-1, 0, 1, 2, 3):
-                out, grad = grad_of(lambda x: roi_align(x, rois_t, size, scale, sr, aligned), features, dout)
+                out, grad = grad_of(lambda x, size=size, sr=sr, aligned=aligned:
+                                    roi_align(x, rois_t, size, scale, sr, aligned), features, dout)
                 key = f"align_{tag}_aligned{int(aligned)}_sr{sr}"
                 data[f"{key}_out"], data[f"{key}_grad"] = out, grad
-        out, grad = grad_of(lambda x: roi_pool(x, rois_t, size, scale), features, dout)
+        out, grad = grad_of(lambda x, size=size: roi_pool(x, rois_t, size, scale), features, dout)
         data[f"pool_{tag}_out"], data[f"pool_{tag}_grad"] = out, grad
     return data
 
@@ -79,7 +80,7 @@ def multiscale(rng) -> dict:
     image_shapes = [(128, 160), (120, 150)]
     names = ["p2", "p3", "p4", "p5"]
     feats = OrderedDict((n, rng.standard_normal((2, C, 128 // s, 160 // s)))
-                        for n, s in zip(names, (4, 8, 16, 32)))
+                        for n, s in zip(names, (4, 8, 16, 32), strict=True))
     boxes = []
     for _ in range(2):  # sqrt(area) from 12 to 900 px (all four levels, and clamping), random aspect
         side = rng.permutation(np.exp(np.linspace(np.log(12), np.log(900), 12)))
@@ -106,7 +107,8 @@ def multiscale(rng) -> dict:
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    versions = {"torch_version": np.array(torch.__version__), "torchvision_version": np.array(torchvision.__version__)}
+    versions = {"torch_version": np.array(torch.__version__),
+                "torchvision_version": np.array(torchvision.__version__)}
     rng = np.random.default_rng(20170320)  # Mask R-CNN's arXiv date
     for name, data in (("roi_ops.npz", roi_ops(rng)), ("multiscale_roi_align.npz", multiscale(rng))):
         np.savez_compressed(OUT / name, **data, **versions)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy
+from ..backend import get_xp, is_cupy, scatter_add
 
 # Feature-map coordinates beyond this are refused: the kernels convert them to C ``int`` and float32
 # holds every integer only up to 2**24, so larger values could neither be rounded nor indexed safely.
@@ -57,7 +57,8 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
     if not (np.issubdtype(rois.dtype, np.floating) or np.issubdtype(rois.dtype, np.integer)):
         raise ValueError(f"{op}: rois must be a real-valued array, got dtype {rois.dtype}")
     ph, pw = output_size_pair(output_size, op)
-    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, (int, float, np.integer, np.floating)) \
+    real_number = (int, float, np.integer, np.floating)
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, real_number) \
             or not (np.isfinite(spatial_scale) and spatial_scale > 0):
         raise ValueError(f"{op}: spatial_scale must be a finite positive number, got {spatial_scale!r}")
     if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, (int, np.integer)):
@@ -90,8 +91,18 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
 
 
 def _host(a):
-    """A small array (an error report) as NumPy, whichever library holds it."""
+    """A small array (sizes, an error report) as NumPy, whichever library holds it."""
     return a.get() if is_cupy(a) else np.asarray(a)
+
+
+host = _host
+
+
+def check_int32_sizes(*sizes):
+    """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
+    if max(sizes) >= 2 ** 31:
+        raise ValueError(f"arrays of {max(sizes)} elements are too large for the kernels' int32 indices; "
+                         "split the RoIs or use impl='numpy'")
 
 
 def round_half_away_from_zero(x):
@@ -140,6 +151,18 @@ def bins_to_kchw(rows, PH: int, PW: int):
 def kchw_to_bins(a):
     """``(k, C, PH, PW)`` -> ``(k*PH*PW, C)`` rows, one per bin (a copy)."""
     return get_xp(a).ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+
+
+def scatter_add_flat(a, index, values) -> None:
+    """``a[index] += values`` for a flat array ``a``, repeated indices accumulating.
+
+    On NumPy, ``np.add.at``: unlike ``np.bincount(..., minlength=a.size)`` it makes no temporary the size
+    of ``a`` (all the features), which costs more than the scatter when the RoIs touch a small part.
+    """
+    if isinstance(a, np.ndarray):
+        np.add.at(a, index, values)
+    else:
+        scatter_add(a, index, values)
 
 
 def max_and_argmax(block):

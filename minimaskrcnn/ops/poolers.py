@@ -74,7 +74,8 @@ class LevelMapper:
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
         with np.errstate(invalid="ignore", divide="ignore"):  # log2(0) = -inf, sqrt(<0) = nan: finest
             k = xp.floor(self.lvl0 + xp.log2(xp.sqrt(area) / dtype(self.s0)) + dtype(self.eps))
-        k = xp.clip(xp.nan_to_num(k, nan=self.k_min, posinf=self.k_max, neginf=self.k_min), self.k_min, self.k_max)
+        k = xp.nan_to_num(k, nan=self.k_min, posinf=self.k_max, neginf=self.k_min)
+        k = xp.clip(k, self.k_min, self.k_max)
         return k.astype(np.int64) - self.k_min
 
 
@@ -112,10 +113,11 @@ def multiscale_roi_forward(features, rois, output_size, scales, sampling_ratio=2
         raise ValueError(f"{name}: features must be a non-empty list of (N, C, H, W) arrays, finest first")
     if len(scales) != len(features):
         raise ValueError(f"{name}: got {len(features)} feature levels but {len(scales)} scales")
+    first = features[0]
     for i, f in enumerate(features):
-        if getattr(f, "ndim", None) != 4 or f.shape[:2] != features[0].shape[:2] or f.dtype != features[0].dtype:
-            raise ValueError(f"{name}: every level must be (N, C, H, W) with the same N, C and dtype; level 0 "
-                             f"is {tuple(features[0].shape)} {features[0].dtype}, level {i} is "
+        if getattr(f, "ndim", None) != 4 or f.shape[:2] != first.shape[:2] or f.dtype != first.dtype:
+            raise ValueError(f"{name}: every level must be (N, C, H, W) with the same N, C and dtype; "
+                             f"level 0 is {tuple(first.shape)} {first.dtype}, level {i} is "
                              f"{tuple(getattr(f, 'shape', ()))} {getattr(f, 'dtype', type(f).__name__)}")
     rois, (PH, PW) = check_roi_inputs(features[0], rois, output_size, scales[0], sampling_ratio, aligned,
                                       impl, mode, name)
@@ -127,7 +129,7 @@ def multiscale_roi_forward(features, rois, output_size, scales, sampling_ratio=2
         levels = LevelMapper.from_scales(scales, canonical_scale, canonical_level)(rois)
     out = xp.zeros((len(rois), C, PH, PW), dtype=features[0].dtype)
     per_level = []
-    for level, (f, scale) in enumerate(zip(features, scales)):
+    for level, (f, scale) in enumerate(zip(features, scales, strict=True)):
         idx = xp.flatnonzero(levels == level)
         cache = None
         if idx.size:
@@ -142,6 +144,6 @@ def multiscale_roi_backward(dout, cache: MultiScaleCache):
     xp = get_xp(dout)
     backward = _OPS[cache.op][1]
     grads = []
-    for shape, (idx, c) in zip(cache.feature_shapes, cache.per_level):
+    for shape, (idx, c) in zip(cache.feature_shapes, cache.per_level, strict=True):
         grads.append(backward(dout[idx], c) if c is not None else xp.zeros(shape, dtype=dout.dtype))
     return grads

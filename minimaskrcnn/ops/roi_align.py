@@ -11,7 +11,9 @@ Two implementations with one signature and identical results (to round-off):
 * ``impl="numpy"`` (this file): vectorised over RoIs, bins and samples. The averaging RoIAlign is a
   *linear* map of the features, ``out = S @ F``, with ``S`` a sparse ``(K*PH*PW) x (N*H*W)`` matrix of
   bilinear weights; forward multiplies by ``S``, backward by ``S.T``. ``S`` factorises per RoI and
-  bin into a y-part times an x-part, so it is built from small 1-D tables.
+  bin into a y-part times an x-part, so it is built from small 1-D tables. The products gather
+  feature rows in chunks of RoIs sized to stay in the CPU cache (~2 MiB each): the only Python loop,
+  over groups of many RoIs.
 * ``impl="kernel"``: the CUDA kernel ``kernels/roi_align.cu`` (cupy.RawKernel on CuPy arrays; the CPU
   emulator of :mod:`minimaskrcnn.ops.rawkernel` on NumPy arrays), one thread per output value.
 
@@ -24,9 +26,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add
-from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, kchw_to_bins,
-                          max_and_argmax, round_half_away_from_zero, sparse_rows_matmul)
+from ..backend import get_xp
+from ._roi_common import (
+    bins_to_kchw,
+    channels_last,
+    check_int32_sizes,
+    check_roi_inputs,
+    chunks_by_size,
+    host,
+    kchw_to_bins,
+    max_and_argmax,
+    output_size_pair,
+    round_half_away_from_zero,
+    sparse_rows_matmul,
+)
 from .rawkernel import get_kernel, launch_1d
 
 
@@ -56,8 +69,9 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
         output_size: ``PH = PW = s`` for an int ``s``, or ``(PH, PW)``.
         spatial_scale: feature cells per image pixel (1/16 for a stride-16 map).
         sampling_ratio: sample points per bin along each axis; ``<= 0``: adaptive, ``ceil(bin size)``.
-        aligned: subtract half a cell from the scaled corners, so that a pixel's centre (not its
-            corner) sits at integer + 0.5 (Detectron2's fix); False reproduces the paper/torchvision.
+        aligned: shift the scaled RoI by -0.5 cell. Cell ``i`` covers ``[i, i + 1)`` of the scaled
+            image but its value is read at ``i``; the shift lines the two up (Detectron2's fix). False,
+            torchvision's default, reproduces the paper.
         mode: ``"avg"`` (the paper's default) or ``"max"`` over a bin's points (Table 2c compares both).
         impl: ``"numpy"`` or ``"kernel"`` (see the module docstring).
 
@@ -90,6 +104,10 @@ def bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ra
                           bool(aligned), quantize, mode, impl, None)
     if impl == "kernel":
         out, argmax = _kernel_forward(features, cache)
+    elif len(rois) == 0:
+        xp = get_xp(features)
+        out = xp.zeros((0, features.shape[1], PH, PW), dtype=features.dtype)
+        argmax = xp.zeros(out.shape, dtype=np.int32) if mode == "max" else None
     elif mode == "avg":
         out, argmax = _numpy_avg_forward(features, cache), None
     else:
@@ -127,8 +145,13 @@ class _Axis(NamedTuple):
     w: object
 
 
-def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize, height, width):
-    """``(y_axis, x_axis, count)`` for every RoI: see ``roi_geometry`` in kernels/roi_align.cu."""
+def _sample_points(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize):
+    """Where every RoI's sample points lie: see ``roi_geometry`` in kernels/roi_align.cu.
+
+    Returns ``(corners, (grid_y, y), (grid_x, x))``: the RoIs as sampled, (K, 4) ``x1, y1, x2, y2`` in
+    feature-map cells (cell ``i``'s value sits at coordinate ``i``); per axis the points per bin
+    ``grid`` (K,) and the coordinates (K, bins, G) of point ``g`` of each bin (padding for ``g >= grid``).
+    """
     xp = get_xp(rois)
     dtype = rois.dtype.type
     corners = rois[:, 1:] * dtype(spatial_scale)               # (K, 4) x1, y1, x2, y2 in cells
@@ -139,13 +162,12 @@ def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantiz
     if not aligned:                                            # legacy: at least 1x1 cell
         size = xp.maximum(size, dtype(1))
     PH, PW = output_size
-    y = _axis(corners[:, 1], size[:, 1], PH, sampling_ratio, height)
-    x = _axis(corners[:, 0], size[:, 0], PW, sampling_ratio, width)
-    count = xp.maximum(y.grid * x.grid, 1).astype(rois.dtype)  # points per bin
-    return y, x, count
+    y = _axis_points(corners[:, 1], size[:, 1], PH, sampling_ratio)
+    x = _axis_points(corners[:, 0], size[:, 0], PW, sampling_ratio)
+    return xp.concatenate([corners[:, :2], corners[:, :2] + size], axis=1), y, x
 
 
-def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
+def _axis_points(start, length, n_bins: int, sampling_ratio: int):
     xp = get_xp(start)
     dtype = start.dtype.type
     bin_size = length / dtype(n_bins)
@@ -158,18 +180,56 @@ def _axis(start, length, n_bins: int, sampling_ratio: int, size: int) -> _Axis:
     b = xp.arange(n_bins, dtype=start.dtype)[None, :, None]
     g = (xp.arange(G) + 0.5).astype(start.dtype)[None, None, :]
     bin3 = bin_size[:, None, None]
-    coord = start[:, None, None] + b * bin3 + g * bin3 / xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
-    # torchvision's border rules: > 1 cell outside reads 0; the margin is clamped onto the border.
+    per_point = xp.maximum(grid, 1).astype(start.dtype)[:, None, None]
+    return grid, start[:, None, None] + b * bin3 + g * bin3 / per_point
+
+
+def _geometry(rois, spatial_scale, output_size, sampling_ratio, aligned, quantize, height, width):
+    """``(y_axis, x_axis, count)`` for every RoI: the sample points' neighbouring cells and weights."""
+    xp = get_xp(rois)
+    _, (grid_y, y), (grid_x, x) = _sample_points(rois, spatial_scale, output_size, sampling_ratio, aligned,
+                                                 quantize)
+    count = xp.maximum(grid_y * grid_x, 1).astype(rois.dtype)  # points per bin
+    return _neighbours(grid_y, y, height), _neighbours(grid_x, x, width), count
+
+
+def _neighbours(grid, coord, size: int) -> _Axis:
+    """The two cells around each point along one axis and their bilinear weights, with torchvision's
+    border rules: a point more than one cell outside reads 0; one in that margin is clamped."""
+    xp = get_xp(coord)
+    dtype = coord.dtype.type
+    G = coord.shape[-1]
     outside = (coord < -1) | (coord > size) | (xp.arange(G)[None, None, :] >= grid[:, None, None])
     coord = xp.maximum(coord, dtype(0))
     low = coord.astype(np.int64)
     edge = low >= size - 1
     low = xp.where(edge, size - 1, low)
     high = xp.where(edge, size - 1, low + 1)
-    frac = xp.where(edge, dtype(0), coord - low.astype(start.dtype))
-    inside = (~outside).astype(start.dtype)
+    frac = xp.where(edge, dtype(0), coord - low.astype(coord.dtype))
+    inside = (~outside).astype(coord.dtype)
     w = xp.stack([(dtype(1) - frac) * inside, frac * inside], axis=-1)
     return _Axis(grid, xp.stack([low, high], axis=-1), w)
+
+
+def roi_sample_points(roi, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                      quantize=False) -> dict:
+    """Where RoIAlign (or RoIWarp, ``quantize=True``) reads the feature map for one RoI: for pictures.
+
+    Args:
+        roi: ``(x1, y1, x2, y2)`` in image pixels. The rest: as :func:`roi_align_forward`.
+    Returns:
+        dict of NumPy float64 arrays in feature-map cells, where cell ``(i, j)``'s value sits at
+        ``(y, x) = (i, j)`` (as ``plt.imshow`` draws it): ``box`` (4,) the RoI as sampled;
+        ``y_edges`` (PH + 1,), ``x_edges`` (PW + 1,) the bin boundaries; ``y`` (PH, grid_h) and
+        ``x`` (PW, grid_w) the coordinates of the sample points of each bin row / column (a bin's
+        points are all pairs).
+    """
+    rois = np.concatenate([[0.0], np.asarray(roi, dtype=np.float64)])[None]
+    PH, PW = output_size_pair(output_size, "roi_sample_points")
+    box, (gy, y), (gx, x) = _sample_points(rois, spatial_scale, (PH, PW), sampling_ratio, aligned, quantize)
+    x1, y1, x2, y2 = box[0]
+    return {"box": box[0], "y_edges": y1 + (y2 - y1) * np.arange(PH + 1) / PH,
+            "x_edges": x1 + (x2 - x1) * np.arange(PW + 1) / PW, "y": y[0, :, :gy[0]], "x": x[0, :, :gx[0]]}
 
 
 def _merge(axis: _Axis):
@@ -215,7 +275,7 @@ def _avg_blocks(rois, cache: RoIAlignCache, row_bytes: int):
     xi, xw, nx = _merge(x)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
-    for ks in chunks_by_size(_host(cells), row_bytes):
+    for ks in chunks_by_size(host(cells), row_bytes):
         ks = xp.asarray(ks)
         Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
         rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
@@ -272,7 +332,7 @@ def _max_blocks(rois, cache, row_bytes):
     y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
                         cache.aligned, cache.quantize, H, W)
     batch = rois[:, 0].astype(np.int64)
-    for ks in chunks_by_size(_host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
+    for ks in chunks_by_size(host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
         ks = xp.asarray(ks)
         k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
         rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
@@ -316,7 +376,7 @@ def _numpy_max_backward(dout, cache):
     N, C, H, W = cache.features_shape
     PH, PW = cache.output_size
     dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
-    for ks, pix, wts, real, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
+    for ks, pix, wts, _, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
         n, S = pix.shape[:2]
         a = kchw_to_bins(cache.argmax[ks]).astype(np.int64)                        # (n, C)
         g = xp.maximum(grid_x, 1)
@@ -336,7 +396,7 @@ def _kernel_forward(features, cache):
     xp = get_xp(features)
     N, C, H, W = features.shape
     K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    _check_int32_sizes(features.size, K * C * PH * PW)
+    check_int32_sizes(features.size, K * C * PH * PW)
     dtype = features.dtype.type
     suffix = "f32" if features.dtype == np.float32 else "f64"
     use_max = cache.mode == "max"
@@ -365,14 +425,3 @@ def _kernel_backward(dout, cache):
         np.int32(W), np.int32(PH), np.int32(PW), dtype(cache.spatial_scale), np.int32(cache.sampling_ratio),
         np.int32(cache.aligned), np.int32(cache.quantize), np.int32(use_max), dF))
     return dF
-
-
-def _check_int32_sizes(*sizes):
-    """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
-    if max(sizes) >= 2 ** 31:
-        raise ValueError(f"arrays of {max(sizes)} elements are too large for the kernels' int32 indices; "
-                         "split the RoIs or use impl='numpy'")
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)

@@ -22,11 +22,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add
-from ._roi_common import (bins_to_kchw, channels_last, check_roi_inputs, chunks_by_size, max_and_argmax,
-                          round_half_away_from_zero)
+from ..backend import get_xp
+from ._roi_common import (
+    bins_to_kchw,
+    channels_last,
+    check_int32_sizes,
+    check_roi_inputs,
+    chunks_by_size,
+    host,
+    max_and_argmax,
+    output_size_pair,
+    round_half_away_from_zero,
+    scatter_add_flat,
+)
 from .rawkernel import get_kernel, launch_1d
-from .roi_align import _check_int32_sizes, _host
 
 
 class RoIPoolCache(NamedTuple):
@@ -81,11 +90,26 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     K = expected[0]
     batch = cache.rois[:, 0].astype(np.int64)[:, None, None, None]
     plane = (batch * C + xp.arange(C)[None, :, None, None]) * (H * W)              # (K, C, 1, 1)
-    won = cache.argmax >= 0
+    won = cache.argmax >= 0                                                        # False: empty bin
     dF = xp.zeros(N * C * H * W, dtype=dout.dtype)
     if K:
-        scatter_add(dF, (plane + xp.maximum(cache.argmax, 0)).reshape(-1), (dout * won).reshape(-1))
+        scatter_add_flat(dF, (plane + cache.argmax)[won], dout[won])
     return dF.reshape(N, C, H, W)
+
+
+def roi_pool_cells(roi, output_size, spatial_scale, height: int, width: int):
+    """Which cells each RoIPool bin takes its max over, for one RoI: for pictures.
+
+    Args:
+        roi: ``(x1, y1, x2, y2)`` in image pixels; height, width: the feature map's size.
+    Returns:
+        ``(rows, cols)``: (PH, 2) and (PW, 2) int arrays; bin ``(ph, pw)`` covers rows
+        ``rows[ph, 0] <= i < rows[ph, 1]`` and columns ``cols[pw, 0] <= j < cols[pw, 1]``.
+    """
+    rois = np.concatenate([[0.0], np.asarray(roi, dtype=np.float64)])[None]
+    (h0, h1), (w0, w1) = _bins(rois, spatial_scale, output_size_pair(output_size, "roi_pool_cells"), height,
+                               width)
+    return np.stack([h0[0], h1[0]], axis=1), np.stack([w0[0], w1[0]], axis=1)
 
 
 def _bins(rois, spatial_scale, output_size, height, width):
@@ -118,7 +142,7 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
-    for ks in chunks_by_size(_host(cells), C * features.itemsize):
+    for ks in chunks_by_size(host(cells), C * features.itemsize):
         ks = xp.asarray(ks)
         Lh = max(int((h1[ks] - h0[ks]).max()), 1)
         Lw = max(int((w1[ks] - w0[ks]).max()), 1)
@@ -139,7 +163,7 @@ def _kernel_forward(features, rois, output_size, spatial_scale):
     xp = get_xp(features)
     N, C, H, W = features.shape
     K, (PH, PW) = rois.shape[0], output_size
-    _check_int32_sizes(features.size, K * C * PH * PW)
+    check_int32_sizes(features.size, K * C * PH * PW)
     suffix = "f32" if features.dtype == np.float32 else "f64"
     out = xp.empty((K, C, PH, PW), dtype=features.dtype)
     argmax = xp.empty((K, C, PH, PW), dtype=np.int32)
