@@ -1,5 +1,12 @@
 """minimaskrcnn: Mask R-CNN (He, Gkioxari, Dollar, Girshick, ICCV 2017) from scratch in NumPy.
 
 Every layer has an explicit forward and backward pass; CuPy arrays run the same code on a GPU.
+
+    from minimaskrcnn import MaskRCNN, config
+    model = MaskRCNN(config.tiny(num_classes=4))
 """
+from . import config
+from .model import MaskRCNN, build_model
+
 __version__ = "0.1.0"
+__all__ = ["MaskRCNN", "build_model", "config"]
