@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "shapes"
 
@@ -174,21 +173,15 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     import matplotlib
     matplotlib.use("Agg")
-    from PIL import Image
 
+    from .data.coco import read_rgb_image
     from .viz.detections import draw_instances
 
     model = load_checkpoint_model(args.checkpoint, args.device, args.config, args.num_classes)
     names = list(model.config.class_names) or None
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
-        try:
-            with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: image not found") from None
-        except OSError as e:
-            raise UserError(f"{path}: cannot read the image ({e})") from None
+        image = read_rgb_image(path)
         pred = model.predict([image], score_threshold=args.score_threshold)[0]
         out = Path(args.out) / (Path(path).stem + "_pred.png")
         fig = draw_instances(image, pred["boxes"], pred["labels"], pred["masks"], pred["scores"], names)

@@ -248,17 +248,9 @@ class CocoDataset:
 
     def load_image(self, i: int) -> np.ndarray:
         """Image ``i`` as (H, W, 3) uint8 RGB."""
-        from PIL import Image
-
         info = self.images[self.image_ids[i]]
         file = self.image_dir / info["file_name"]
-        try:
-            with Image.open(file) as im:
-                image = np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise DatasetError(f"{file}: image file not found (image id {info['id']})") from None
-        except OSError as e:
-            raise DatasetError(f"{file}: cannot read the image ({e})") from None
+        image = read_rgb_image(file, f" (image id {info['id']})")
         if image.shape[:2] != (info["height"], info["width"]):
             raise DatasetError(f"{file}: image is {image.shape[0]}x{image.shape[1]} (HxW) but "
                                f"{self.ann_file} says {info['height']}x{info['width']}")
@@ -279,6 +271,20 @@ class CocoDataset:
             raise IndexError(f"index {i} out of range for a data set of {len(self)} images")
         i = i % len(self)
         return self.load_image(i), self.get_target(i)
+
+
+def read_rgb_image(path, context: str = "") -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (grey and RGBA converted); ``DatasetError`` naming the file if it
+    is missing or unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image file not found{context}") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the image ({e})") from None
 
 
 def _stack(instances: list, height: int, width: int):
