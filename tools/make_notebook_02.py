@@ -691,10 +691,11 @@ md("""
    shapes, receptive fields and parameter count with ResNet-50. Where does the grouped 3×3 save weights?
 2. **Image sizes that are not multiples of 32.** Feed a 100 × 150 input through `tiny_model.backbone`. What
    are the shapes of C2…C5? Why does `FeaturePyramidNetwork.forward` upsample to the lateral's *size* rather
-   than by a factor of 2, and which rows or columns of the finer level then receive no top-down signal?
+   than by a factor of 2? When 4 rows are upsampled to 7, which coarse rows are copied once instead of twice,
+   and what does that do to the alignment between a P level and the image?
 3. **The top-down path and receptive fields.** Repeat the gradient experiment of section 1 for one unit of
-   P2 of a frozen-BN backbone with an FPN. How large is its receptive field? Now zero all the lateral
-   1×1 weights of C3…C5 except C2's, or cut the top-down path, and measure again.
+   P2 of a frozen-BN backbone with an FPN. How large is its receptive field? Then cut the top-down path (zero the
+   lateral 1×1 weights and biases of C3…C5) and measure again.
 4. **Batch-statistics noise.** Plot the spread of the batch means of section 3 against the batch size (1, 2,
    4, 8, 16). Which power law do you expect, and why does a batch of 2 *large* images not help as much as
    the pixel count suggests?

@@ -402,8 +402,8 @@ md("""
 The untrained head's weights are drawn from N(0, 0.01²) with zero biases (torchvision's init), so every
 logit is near 0 and every objectness near 0.5: the RPN has no opinion yet. To see what a trained RPN does
 without waiting for a full training run, we **fit only the head to this one image** for `TRAIN_STEPS` SGD
-steps, on the frozen, random backbone features: a memorisation exercise, not learning (the training chapter
-trains everything on the whole shapes set). One step is the RPN's forward with targets (it labels, samples
+steps, on the frozen, random backbone features: a memorisation exercise, not learning (a later notebook
+trains the whole model on the shapes set). One step is the RPN's forward with targets (it labels, samples
 and computes the two losses), `backward` (which fills the head's gradients), and an SGD update.
 """)
 
