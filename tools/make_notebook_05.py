@@ -1,0 +1,841 @@
+"""Build notebooks/05_heads_and_masks.ipynb (without outputs) from the cells below.
+
+    /work/devenv/bin/python tools/make_notebook_05.py
+"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+CELLS = []
+
+
+def md(text):
+    CELLS.append(new_markdown_cell(text.strip()))
+
+
+def code(text):
+    CELLS.append(new_code_cell(text.strip()))
+
+
+md(r"""
+# 05 · The RoI heads: boxes, classes and masks
+
+The RPN gives a few hundred *proposals* per image. The second stage of Mask R-CNN looks at each of them
+through RoIAlign and answers three questions in parallel: *which class is it?* and *how should the box
+move?* (the box branch of Fast R-CNN), and *which pixels of the box are the object?* (the new mask branch).
+This notebook opens up that second stage. You will:
+
+1. see which RoIs a training step actually uses: proposals plus ground truth, **matched at IoU 0.5** and
+   **sampled at 25 % positives**;
+2. follow the **box branch** (two fully connected layers, class logits and class-specific box deltas) and
+   recompute its losses $L_{cls}$ and $L_{box}$ by hand, including how torchvision normalises them;
+3. read the **FCN mask head** (convs, a 2×2 deconvolution, a 1×1 conv to one 28×28 map per class) and see
+   why a convolutional head keeps the object's spatial layout where an MLP would not (Table 2e);
+4. draw the **mask targets**: each positive RoI's ground-truth mask, cropped to the RoI and resampled
+   to 28×28 by RoIAlign;
+5. compare the paper's **decoupled per-class sigmoid** masks with a **softmax over classes** (Table 2b,
+   +5.5 AP) on a small example where two classes overlap, losses and gradients included;
+6. **check every gradient** numerically in float64: the mask head alone, then the whole RoI head;
+7. go from mask logits to **masks in the image**: pick the predicted class's map, sigmoid, paste into the
+   box, binarise at 0.5.
+
+> "Formally, during training, we define a multi-task loss on each sampled RoI as
+> $L = L_{cls} + L_{box} + L_{mask}$. [...] The mask branch has a $Km^2$-dimensional output for each RoI,
+> which encodes $K$ binary masks of resolution $m \times m$, one for each of the $K$ classes. To this we
+> apply a per-pixel sigmoid, and define $L_{mask}$ as the average binary cross-entropy loss. For an RoI
+> associated with ground-truth class $k$, $L_{mask}$ is only defined on the $k$-th mask (other mask outputs
+> do not contribute to the loss)."
+> — He, Gkioxari, Dollár, Girshick, *Mask R-CNN*, §3
+
+**The model here is untrained** (only in section 7 is its mask branch fitted, for a few seconds, to the one
+image we look at). The pictures are about *mechanics*: which RoI gets which target, which number flows
+where. Accuracy comes in the training notebook.
+""")
+
+md("""
+## Setup
+
+Change the parameter cell to play: another image, more or fewer proposals, a longer fit in section 7.
+""")
+
+code("""
+# Parameters (defaults keep the notebook well under a minute on a laptop CPU)
+SEED = 0
+IMAGE_SEED = 6             # which shapes image: 6 has two circles and two rectangles, one partly hidden
+JITTERED_PER_OBJECT = 30   # proposals scattered around each object (a trained RPN's proposals cluster there)
+RANDOM_PROPOSALS = 100     # proposals anywhere in the image (mostly background)
+FIT_ROIS_PER_OBJECT = 4    # positive RoIs per object used to fit the mask branch in section 7
+FIT_STEPS = 40             # SGD steps of that fit
+""")
+
+code("""
+import importlib.util
+import inspect
+import os
+import sys
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout without `pip install -e .`
+    sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
+
+from minimaskrcnn import config, nn
+from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
+from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
+                                          TwoMLPHead, boxes_to_rois, infer_scales)
+from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
+from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,
+                                    binary_cross_entropy_with_logits_forward, softmax_cross_entropy_backward,
+                                    softmax_cross_entropy_forward)
+from minimaskrcnn.ops.boxes import BoxCoder, box_iou
+from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
+from minimaskrcnn.viz.detections import class_color, draw_instances
+
+rng = np.random.default_rng(SEED)
+np.set_printoptions(precision=3, suppress=True, linewidth=110)
+plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
+NAMES = ["__background__", "circle", "rectangle", "triangle"]
+""")
+
+md("""
+### One image, one untrained model
+
+`config.tiny` is the small ResNet-18-FPN of the demo: 64 FPN channels, a box head of two fc layers of 256
+(the paper: 1024), a mask head of two 3×3 convs of 64 (the paper: four of 256), 128 sampled RoIs per image
+(the paper: 512). `num_classes=4` counts the background: class 0, then circle, rectangle, triangle.
+The image is 128 × 128 and `min_size = max_size = 128`, so the model sees it unresized: boxes and masks
+are in the same pixels as the picture.
+""")
+
+code("""
+image, gt_masks, gt_labels = draw_shapes_image(np.random.default_rng(IMAGE_SEED), 128, max_objects=4)
+gt_boxes = np.array([[x.min(), y.min(), x.max() + 1, y.max() + 1]
+                     for y, x in (np.nonzero(m) for m in gt_masks)], dtype=np.float32)
+G = len(gt_labels)
+
+model = MaskRCNN(config.tiny(num_classes=4))
+rh = model.roi_heads
+batch, sizes, _, targets = model.preprocess([image], [{"boxes": gt_boxes, "labels": gt_labels,
+                                                       "masks": gt_masks}])
+model.eval()                                    # the backbone keeps no caches: we never backprop into it here
+features = model.backbone(batch)[:-1]           # P2..P5: the RoI heads pool from these (P6 is the RPN's)
+model.train()
+scales = infer_scales(features, sizes)
+print("objects:", [NAMES[k] for k in gt_labels])
+print("features:", [f.shape for f in features], " scales:", scales)
+assert tuple(sizes[0]) == image.shape[:2] and np.array_equal(targets[0]["boxes"], gt_boxes)
+""")
+
+md("""
+## 1. Which RoIs a training step looks at
+
+An untrained RPN proposes boxes almost at random, so we stand in for a trained one: 30 boxes jittered around
+each object (a trained RPN's proposals pile up on objects) and 100 random boxes. `select_training_samples`
+then does what §3.1 describes:
+
+* **add the ground-truth boxes** to the proposals (so every object has at least one perfect RoI, early in
+  training too);
+* **match** each box to the GT box it overlaps most: IoU ≥ 0.5 makes it a *positive* of that GT box's class,
+  below 0.5 a *negative* (background, class 0). Unlike the RPN (0.7 / 0.3) nothing is ignored;
+* **sample** at most `batch_size_per_image` boxes (512 in the paper, 128 here) with at most 25 % positives;
+  the rest are negatives;
+* **encode** each sample's regression target: the deltas that move it onto its matched GT box.
+""")
+
+code("""
+def jitter(boxes, n, sigma, rng):
+    # n copies of each box, every corner moved by N(0, sigma) times the box's width or height
+    wh = np.tile(boxes[:, 2:] - boxes[:, :2], 2)                          # (G, 4): w, h, w, h
+    return (boxes[:, None] + rng.normal(0, sigma, (len(boxes), n, 4)) * wh[:, None]).reshape(-1, 4)
+
+def random_boxes(n, size, rng):
+    centres, sides = rng.uniform(0, size, (n, 2)), rng.uniform(size / 16, size / 2, (n, 2))
+    return np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+
+def clip_and_clean(boxes, size):
+    # inside the image, and at least 2 px wide and high (regression targets divide by the size)
+    boxes = np.clip(boxes, 0, size)
+    return boxes[(boxes[:, 2] - boxes[:, 0] >= 2) & (boxes[:, 3] - boxes[:, 1] >= 2)]
+
+proposals = np.concatenate([jitter(gt_boxes, JITTERED_PER_OBJECT, 0.15, rng),
+                            random_boxes(RANDOM_PROPOSALS, 128, rng)])
+proposals = clip_and_clean(proposals, 128).astype(np.float32)
+print(rh.matcher, rh.sampler, rh.box_coder, sep="\\n")
+print(inspect.getsource(rh.select_training_samples))
+""")
+
+code("""
+samples = rh.select_training_samples([proposals], targets, np.random.default_rng(SEED))
+rois, matched, labels, reg_targets = samples[0]       # one image: (S, 4), (S,), (S,), (S, 4)
+candidates = np.concatenate([proposals, gt_boxes])              # what was matched: proposals + GT boxes
+best_iou = box_iou(gt_boxes, candidates).max(axis=0)
+roi_iou = box_iou(gt_boxes, rois)[matched, np.arange(len(rois))]  # IoU of each sample with its matched GT
+pos, neg = labels > 0, labels == 0
+n_fg, batch_size = int((best_iou >= 0.5).sum()), rh.sampler.batch_size_per_image
+max_pos = int(batch_size * rh.sampler.positive_fraction)
+print(f"{len(candidates)} candidates, {n_fg} of them with IoU >= 0.5")
+print(f"sampled {len(rois)}: {int(pos.sum())} positives (at most {max_pos}), {int(neg.sum())} negatives")
+
+assert pos.sum() == min(n_fg, max_pos) and neg.sum() == min(len(candidates) - n_fg, batch_size - pos.sum())
+assert np.all(roi_iou[pos] >= 0.5) and np.all(box_iou(gt_boxes, rois).max(axis=0)[neg] < 0.5)
+assert np.array_equal(labels[pos], gt_labels[matched[pos]])     # a positive takes its GT box's class
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1, 1.3]})
+ax = axes[0]
+ax.imshow(image)
+for b in rois[neg]:
+    ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, ec="0.8", lw=0.5))
+for b, k in zip(rois[pos], labels[pos]):
+    ax.add_patch(Rectangle(b[:2], *(b[2:] - b[:2]), fill=False, ec=class_color(k), lw=1))
+ax.set_title("sampled RoIs: positives in their class colour, negatives grey"); ax.set_axis_off()
+ax = axes[1]
+bins = np.linspace(0, 1, 21)
+ax.hist(best_iou, bins, color="0.85", label="all candidates")
+ax.hist(box_iou(gt_boxes, rois).max(axis=0)[neg], bins, color="0.4", alpha=0.8, label="sampled negatives")
+ax.hist(roi_iou[pos], bins, color="tab:green", alpha=0.8, label="sampled positives")
+ax.axvline(0.5, color="k", ls="--", lw=1)
+ax.set_xlabel("IoU with the best-matching GT box"); ax.set_ylabel("boxes"); ax.legend()
+ax.set_title("matching at IoU 0.5, sampling at 25 % positives")
+plt.show()
+""")
+
+md("""
+With the default parameters the 25 % cap binds: there are many more positives than 32 (every object has
+~30 jittered boxes), so the sampler keeps a random 32 of them and fills the other 96 places with negatives.
+Background RoIs teach the classifier what is *not* an object; without the cap, crowded images would give it
+almost none.
+
+## 2. The box branch and its two losses
+
+Every sampled RoI is pooled to 7 × 7 (RoIAlign, from the FPN level that suits its size), flattened, and
+passed through `TwoMLPHead`: `fc6` and `fc7` with ReLU (1024 wide in the paper, 256 here). Then
+`FastRCNNPredictor` gives two outputs per RoI:
+
+* `cls_score`: K + 1 = 4 logits (background first) for the softmax classifier;
+* `bbox_pred`: **4 deltas per class**, 16 numbers. The box branch is *class-specific*: the deltas used for
+  an RoI are those of its class (the GT class in training, the predicted class at test time).
+""")
+
+code("""
+print(inspect.getsource(TwoMLPHead.forward), inspect.getsource(FastRCNNPredictor.forward), sep="\\n")
+rh.eval()                                               # inspection only: keep no caches
+pooled7, _ = rh.pool(features, boxes_to_rois([rois], np), rh.box_pool_size, scales)
+class_logits, box_deltas = rh.box_predictor(rh.box_head(pooled7))
+rh.train()
+print("pooled", pooled7.shape, f"-> fc6 {rh.box_head.fc6.weight.shape[1]} -> {rh.box_head.fc6.weight.shape[0]}",
+      f"-> fc7 {rh.box_head.fc7.weight.shape[0]} -> class logits {class_logits.shape}, box deltas {box_deltas.shape}")
+assert class_logits.shape == (len(rois), 4) and box_deltas.shape == (len(rois), 4 * 4)
+""")
+
+md(r"""
+### Regression targets, and the weights (10, 10, 5, 5)
+
+The box targets are Faster R-CNN's deltas (Eq. 2): the shift of the centre in units of the RoI's size and
+the log of the size ratio, then multiplied by `BoxCoder` weights $(w_x, w_y, w_w, w_h) = (10, 10, 5, 5)$.
+For RoIs that already overlap their object by IoU ≥ 0.5 the raw deltas are small (a few hundredths to
+tenths); the weights bring them to order 1, in the range where the loss below is well scaled (the RPN,
+whose anchors are farther off, uses weights 1).
+""")
+
+code("""
+raw = BoxCoder((1.0, 1.0, 1.0, 1.0)).encode(gt_boxes[matched[pos]], rois[pos])
+print("std of the raw deltas      (dx, dy, dw, dh):", raw.std(axis=0))
+print("std of the weighted targets (dx, dy, dw, dh):", reg_targets[pos].std(axis=0))
+assert np.allclose(reg_targets[pos], raw * np.array([10, 10, 5, 5]), rtol=1e-5, atol=1e-5)
+""")
+
+md(r"""
+### $L_{cls}$ and $L_{box}$, by hand
+
+With $S$ sampled RoIs, labels $c_i$ (0 for background) and the positives $P = \{i : c_i > 0\}$:
+
+$$L_{cls} = \frac{1}{S}\sum_{i=1}^{S} -\log \operatorname{softmax}(z_i)_{c_i}, \qquad
+L_{box} = \frac{1}{S}\sum_{i \in P} \sum_{j=1}^{4} \operatorname{smooth}_{L1}\big(t_{i,c_i,j} - t^*_{i,j}\big),
+\quad \operatorname{smooth}_{L1}(d) = \begin{cases} 0.5\,d^2/\beta & |d| < \beta \\ |d| - 0.5\,\beta &
+\text{otherwise}\end{cases}$$
+
+with torchvision's $\beta = 1/9$. Two details are easy to miss. Only the **4 deltas of the GT class**
+$c_i$ enter $L_{box}$ (the other classes' deltas get no gradient), and negatives have none. And the sum
+over positives is divided by **all** $S$ sampled RoIs, not by $|P|$: with 25 % positives $L_{box}$ is a
+quarter of the mean loss per positive RoI. (Detectron2 uses plain L1, $\beta = 0$, with the same
+normaliser.) We recompute both losses with plain NumPy and compare with `RoIHeads.forward_train`, drawing
+the same samples with the same seed.
+""")
+
+code("""
+z = class_logits.astype(np.float64)
+log_softmax = z - z.max(axis=1, keepdims=True)
+log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+loss_cls = -log_softmax[np.arange(len(rois)), labels].mean()
+
+beta, S, p_idx = 1 / 9, len(rois), np.flatnonzero(pos)
+d = box_deltas.reshape(S, 4, 4)[p_idx, labels[p_idx]] - reg_targets[p_idx]   # the GT class's 4 deltas
+smooth_l1 = np.where(np.abs(d) < beta, 0.5 * d ** 2 / beta, np.abs(d) - 0.5 * beta)
+loss_box = smooth_l1.sum() / S
+
+losses = rh.forward_train(features, [proposals], sizes, targets, np.random.default_rng(SEED))
+rh.free_cache()                                         # no backward this time
+print(f"by hand:  L_cls = {loss_cls:.5f}   L_box = {loss_box:.5f}   "
+      f"(per positive RoI: {smooth_l1.sum() / len(p_idx):.4f})")
+print(f"library:  L_cls = {losses['loss_classifier']:.5f}   L_box = {losses['loss_box_reg']:.5f}")
+assert np.isclose(loss_cls, losses["loss_classifier"], rtol=1e-5)
+assert np.isclose(loss_box, losses["loss_box_reg"], rtol=1e-5)
+assert np.isclose(loss_cls, np.log(4), rtol=0.2)   # untrained: close to a uniform guess over 4 classes
+""")
+
+md("""
+## 3. The mask branch is a small FCN
+
+The mask branch pools each *positive* RoI to 14 × 14, then (paper Fig. 4, right):
+
+* 4 × (3 × 3 conv, 256, ReLU) at 14 × 14 (here 2 × 64): `MaskRCNNHeads`;
+* a 2 × 2 **transposed convolution** with stride 2 (14 → 28) and ReLU, then a **1 × 1 conv to K maps**, one
+  28 × 28 mask logit map per class: `MaskRCNNPredictor`.
+
+> "Specifically, we predict an m × m mask from each RoI using an FCN. This allows each layer in the mask
+> branch to maintain the explicit m × m object spatial layout without collapsing it into a vector
+> representation that lacks spatial dimensions." — §3
+""")
+
+code("""
+print(inspect.getsource(MaskRCNNHeads), inspect.getsource(MaskRCNNPredictor), sep="\\n")
+""")
+
+code("""
+rh.eval()
+pooled14, _ = rh.pool(features, boxes_to_rois([rois[pos]], np), rh.mask_pool_size, scales)
+x = pooled14
+print(f"{'pooled (RoIAlign 14x14)':34s} {x.shape}")
+for k, block in enumerate(rh.mask_head):
+    x = block(x)
+    print(f"{'mask_head.' + str(k) + ' (3x3 conv + ReLU)':34s} {x.shape}")
+x = rh.mask_predictor.relu(rh.mask_predictor.conv5_mask(x))
+print(f"{'conv5_mask (2x2 deconv, stride 2)':34s} {x.shape}")
+mask_logits = rh.mask_predictor.mask_fcn_logits(x)
+print(f"{'mask_fcn_logits (1x1 conv)':34s} {mask_logits.shape}   <- K = 4 maps of 28 x 28 per RoI")
+rh.train()
+assert mask_logits.shape == (pos.sum(), 4, 28, 28)
+
+def count(*modules):
+    return sum(m.num_parameters() for m in modules)
+
+paper_fcn = count(MaskRCNNHeads(256, (256,) * 4), MaskRCNNPredictor(256, 256, 81))
+print(f"\\nparameters of the mask branch: tiny {count(rh.mask_head, rh.mask_predictor):,}, "
+      f"paper (R50-FPN, 80 classes) {paper_fcn:,}")
+print(f"the output layer alone of Table 2e's MLP branch, fc 1024 -> 80 x 28 x 28: {1024 * 80 * 28 * 28 + 80 * 784:,}")
+""")
+
+md("""
+The FCN is also *smaller*: its weights are shared over the 28 × 28 positions, whereas an MLP needs one weight
+per (input, output pixel) pair. Table 2e: FCN 33.6 AP vs MLP 31.5 AP (+2.1).
+
+**Spatial layout, concretely.** A convolution commutes with translation: move the object one cell to the
+right in the 14 × 14 pooled features and the FCN's 28 × 28 logits move two pixels to the right (the deconv
+doubles the resolution), exactly, away from the borders where zero padding enters. Nothing forces an MLP
+to do that: every output pixel is its own linear function of all 64 × 14 × 14 inputs, so the MLP would
+have to *learn* the same mask at every position, from examples.
+""")
+
+code("""
+def shift_right(a, cells):
+    out = np.zeros_like(a)
+    out[..., cells:] = a[..., :-cells]
+    return out
+
+rh.eval()                                                          # (until the end of this cell)
+f = pooled14[:1]                                                   # one positive RoI, (1, 64, 14, 14)
+fcn = lambda x: rh.mask_predictor(rh.mask_head(x))[0, labels[pos][0]]
+mlp_layer = nn.Linear(64 * 14 * 14, 28 * 28).eval()                 # an (untrained) MLP output layer
+mlp = lambda x: mlp_layer(x.reshape(1, -1)).reshape(28, 28)
+margin = 2 * (len(rh.mask_head) + 1) + 2    # border pixels reached by zero padding, in the 28 x 28 output
+inner = np.s_[margin:-margin, margin:-margin]
+err_fcn = np.abs(fcn(shift_right(f, 1)) - shift_right(fcn(f), 2))[inner].max()
+err_mlp = np.abs(mlp(shift_right(f, 1)) - shift_right(mlp(f), 2))[inner].max()
+print(f"max |out(shift(x)) - shift(out(x))| away from the border: FCN {err_fcn:.2e}, MLP {err_mlp:.2e}")
+assert err_fcn < 1e-4 * np.abs(fcn(f)).max() and err_mlp > 0.1 * np.abs(mlp(f)).max()
+
+fig, axes = plt.subplots(2, 3, figsize=(8, 5.4))
+for row, (name, net) in enumerate([("FCN", fcn), ("MLP", mlp)]):
+    a, b = net(f), net(shift_right(f, 1))
+    for ax, img, title in zip(axes[row], [a, b, b - shift_right(a, 2)],
+                              ["out(x)", "out(x shifted 1 cell)", "difference from out(x) shifted 2 px"]):
+        ax.imshow(img, cmap="RdBu_r", vmin=-np.abs(a).max(), vmax=np.abs(a).max())
+        ax.set_title(f"{name}: {title}", fontsize=8); ax.set_axis_off()
+    axes[row, 2].add_patch(Rectangle((margin - 0.5, margin - 0.5), 28 - 2 * margin, 28 - 2 * margin,
+                                     fill=False, ec="k", ls="--"))
+plt.show()
+rh.train()
+""")
+
+md("""
+## 4. Mask targets: the GT mask, seen through the RoI
+
+> "The mask target is the intersection between an RoI and its associated ground-truth mask." — §3.1
+
+`project_masks_on_boxes` computes this for every positive RoI at once, with **RoIAlign itself**: the image's
+G ground-truth masks are stacked as a batch of one-channel "feature maps", and each RoI reads the mask of
+the GT box it was matched to, at `spatial_scale = 1`, into a 28 × 28 grid. The result is *soft* (bilinear
+sampling at a mask's edge gives values between 0 and 1); the loss uses it as is.
+
+Three consequences worth seeing:
+
+* a RoI that **cuts** the object gets only the part inside it: the mask branch learns to fill the box it is
+  given, and the box branch is responsible for the box;
+* a RoI that **contains another object** gets 0 on that object: the target is *its* instance only;
+* the target is always 28 × 28, whatever the RoI's size: small RoIs are upsampled, large ones downsampled.
+""")
+
+code("""
+print(inspect.getsource(project_masks_on_boxes))
+mask_targets = project_masks_on_boxes(gt_masks, rois[pos], matched[pos], 28)
+print("targets:", mask_targets.shape, mask_targets.dtype, " values in",
+      [float(mask_targets.min()), float(mask_targets.max())])
+
+# A by-hand version of the same idea: read each RoI's matched mask at the 28 x 28 bin centres (nearest pixel).
+# RoIAlign averages a few bilinear samples per bin instead, so the two differ only along the mask's edges.
+def crop_nearest(mask, box, m=28):
+    x1, y1, x2, y2 = box
+    ys = np.clip(np.floor(y1 + (np.arange(m) + 0.5) * (y2 - y1) / m).astype(int), 0, mask.shape[0] - 1)
+    xs = np.clip(np.floor(x1 + (np.arange(m) + 0.5) * (x2 - x1) / m).astype(int), 0, mask.shape[1] - 1)
+    return mask[np.ix_(ys, xs)]
+
+naive = np.stack([crop_nearest(gt_masks[g], b) for b, g in zip(rois[pos], matched[pos])])
+agree = ((mask_targets >= 0.5) == naive).mean()
+print(f"binarised targets agree with the nearest-pixel crop on {100 * agree:.1f} % of the pixels")
+# (float32 bilinear weights can sum to a hair over 1, hence the 1e-6)
+assert mask_targets.shape == (pos.sum(), 28, 28) and mask_targets.min() >= 0 and mask_targets.max() <= 1 + 1e-6
+assert agree > 0.95
+""")
+
+code("""
+# Pick four instructive positives: a GT box itself, the RoI that cuts its object most, the one holding most
+# pixels of *another* object, and the loosest one (largest area compared with its GT box).
+P_boxes, P_match = rois[pos], matched[pos]
+def inside(mask, box):
+    x1, y1, x2, y2 = np.round(box).astype(int)
+    return mask[max(y1, 0):y2, max(x1, 0):x2].sum()
+cut = np.array([1 - inside(gt_masks[g], b) / gt_masks[g].sum() for b, g in zip(P_boxes, P_match)])
+others = np.array([sum(inside(gt_masks[h], b) for h in range(G) if h != g) for b, g in zip(P_boxes, P_match)])
+area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+loose = area(P_boxes) / area(gt_boxes[P_match])
+is_gt = np.isclose(box_iou(gt_boxes, P_boxes).max(axis=0), 1.0)
+first = ("a GT box", int(np.flatnonzero(is_gt)[0])) if is_gt.any() else ("tightest", int(np.argmin(cut)))
+picks = {first[0]: first[1],
+         "cuts its object": int(np.argmax(cut)), "holds another object": int(np.argmax(others)),
+         "loose": int(np.argmax(loose))}
+
+fig, axes = plt.subplots(3, 4, figsize=(10, 7.6))
+for col, (why, i) in enumerate(picks.items()):
+    b, g = P_boxes[i], P_match[i]
+    x1, y1, x2, y2 = b
+    pad = 8
+    view = (max(int(min(x1, gt_boxes[g, 0])) - pad, 0), min(int(max(x2, gt_boxes[g, 2])) + pad, 128),
+            max(int(min(y1, gt_boxes[g, 1])) - pad, 0), min(int(max(y2, gt_boxes[g, 3])) + pad, 128))
+    for row, (img, cmap) in enumerate([(image, None), (gt_masks[g], "gray")]):
+        ax = axes[row, col]
+        ax.imshow(img, cmap=cmap)
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, ec="red", lw=2))
+        gb = gt_boxes[g]
+        ax.add_patch(Rectangle((gb[0] - 0.5, gb[1] - 0.5), *(gb[2:] - gb[:2]), fill=False, ec="yellow", ls="--"))
+        ax.set_xlim(view[0] - 0.5, view[1] - 0.5); ax.set_ylim(view[3] - 0.5, view[2] - 0.5); ax.set_axis_off()
+    axes[0, col].set_title(f"{why}: IoU {box_iou(gt_boxes[g:g + 1], b[None])[0, 0]:.2f}", fontsize=8)
+    axes[1, col].set_title(f"GT mask of its {NAMES[gt_labels[g]]}", fontsize=8)
+    axes[2, col].imshow(mask_targets[i], cmap="gray", vmin=0, vmax=1)
+    axes[2, col].set_title("28 x 28 target", fontsize=8)
+    axes[2, col].set_xticks([]); axes[2, col].set_yticks([])      # keep the frame: a target may be all white
+fig.suptitle("RoI (red), its matched GT box (yellow, dashed), the GT mask and the mask target")
+plt.show()
+""")
+
+md(r"""
+## 5. One sigmoid per class, or a softmax across classes? (Table 2b)
+
+The FCNs of semantic segmentation classify each pixel with a softmax over the classes. Mask R-CNN does not:
+
+> "Our definition of $L_{mask}$ allows the network to generate masks for every class without competition
+> among classes; we rely on the dedicated classification branch to predict the class label used to select
+> the output mask. This decouples mask and class prediction." — §3
+
+For a positive RoI of class $k$, with logits $z \in \mathbb{R}^{K \times m \times m}$ and target
+$t \in [0, 1]^{m \times m}$:
+
+* **sigmoid** (the paper): $L_{mask} = \frac{1}{m^2}\sum_{u} \operatorname{BCE}(\sigma(z_{k,u}), t_u)$. Only
+  map $k$ is read; $\partial L / \partial z_{j} = 0$ for every other class $j$, and
+  $\partial L / \partial z_{k,u} = (\sigma(z_{k,u}) - t_u) / m^2$.
+* **softmax** (Table 2b's "multinomial"): each pixel is one $K$-way classification, label $k$ on the
+  object and $0$ (background) elsewhere:
+  $L = \frac{1}{m^2}\sum_u -\log \operatorname{softmax}(z_{:,u})_{y_u}$. *Every* map gets a gradient,
+  $(\operatorname{softmax}(z_{:,u}) - \operatorname{onehot}(y_u)) / m^2$: raising one class's logit at a pixel
+  lowers the probability of all others there.
+
+Table 2b (ResNet-50-C4): softmax 24.8 AP, sigmoid **30.3 AP** (+5.5; +7.1 AP50, +6.4 AP75).
+
+### A small example: a circle in front of a rectangle
+
+A 20 × 20 RoI around a circle (class 1) that overlaps a rectangle (class 2). The mask head is (by
+construction) confident about both shapes: map 1 is +6 inside the circle and −6 outside, map 2 the same for
+the rectangle, map 0 (background) is 0. The RoI's class is *circle*, so its target is the circle.
+""")
+
+code("""
+M, K = 20, 3
+circle = shape_mask("circle", 9.0, 10.0, 14, 0.0, 1.0, M)
+rect = shape_mask("rectangle", 15.0, 7.0, 12, 0.0, 0.8, M)
+logits = np.zeros((K, M, M))
+logits[1] = np.where(circle, 6.0, -6.0)
+logits[2] = np.where(rect, 6.0, -6.0)
+target, k = circle.astype(np.float64), 1
+
+# sigmoid: binary cross-entropy on map k only, then the gradient scattered back into the (K, M, M) logits
+loss_sig, cache = binary_cross_entropy_with_logits_forward(logits[k], target)
+grad_sig = np.zeros_like(logits)
+grad_sig[k] = binary_cross_entropy_with_logits_backward(1.0, cache)
+# softmax: a K-way classification per pixel, label k on the object and 0 elsewhere (as RoIHeads does)
+pixel_labels = (target >= 0.5).astype(np.int64) * k
+loss_soft, cache = softmax_cross_entropy_forward(logits.reshape(K, -1).T, pixel_labels.ravel())
+grad_soft = softmax_cross_entropy_backward(1.0, cache).T.reshape(K, M, M)
+
+prob_sig = 1 / (1 + np.exp(-logits[k]))
+e = np.exp(logits - logits.max(axis=0))
+prob_soft = (e / e.sum(axis=0))[k]
+overlap = circle & rect
+print(f"L_mask sigmoid {loss_sig:.4f}   softmax {loss_soft:.4f}")
+print(f"in the {overlap.sum()} overlap pixels: P(circle) sigmoid {prob_sig[overlap].mean():.3f}, "
+      f"softmax {prob_soft[overlap].mean():.3f}")
+assert np.all(grad_sig[[0, 2]] == 0)                        # no other map is touched
+assert np.all(grad_soft[2][rect] > 0)                       # the rectangle's map is pushed down (descent
+                                                            # lowers z_2) wherever the rectangle is
+assert np.array_equal(prob_sig >= 0.5, circle)              # the sigmoid mask is the whole circle
+assert np.all(prob_soft[overlap] < 0.5)                     # the softmax mask has a hole where classes overlap
+assert loss_soft > 10 * loss_sig
+
+fig, axes = plt.subplots(2, 4, figsize=(10, 5.2))
+g = max(np.abs(grad_sig).max(), np.abs(grad_soft).max())
+for row, (name, prob, grad) in enumerate([("sigmoid", prob_sig, grad_sig), ("softmax", prob_soft, grad_soft)]):
+    first = (target, "gray", 0, 1, "target (circle)") if row == 0 else \
+            (logits[2], "gray", -6, 6, "z_2: the rectangle's map")
+    panels = [first, (prob, "viridis", 0, 1, f"{name}: P(circle)"),
+              (grad[1], "RdBu_r", -g, g, f"dL/dz_1 (circle), max {np.abs(grad[1]).max():.0e}"),
+              (grad[2], "RdBu_r", -g, g, f"dL/dz_2 (rectangle), max {np.abs(grad[2]).max():.0e}")]
+    for ax, (img, cmap, lo, hi, title) in zip(axes[row], panels):
+        ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi); ax.set_title(title, fontsize=8); ax.set_axis_off()
+    axes[row, 1].contour(overlap, levels=[0.5], colors="w", linewidths=1)
+plt.show()
+""")
+
+md("""
+With sigmoids, the circle's RoI says nothing about the rectangle's map: if this RoI *were* a rectangle's,
+map 2 would be the one read, and it is right too. The masks of different classes do not have to agree, so
+each can be learnt for its own class, and at test time the box branch's class picks one. With a softmax,
+the circle's loss is high (about log 2 per overlap pixel) and its gradient pushes the rectangle's map *down*
+wherever it is high: in the overlap, where the circle must win, and even outside the circle, where for this
+RoI a rectangle pixel is simply "background". The mask head must decide, per pixel, which class it sees,
+which is the classifier's job; and the circle's mask has a hole at the overlap.
+
+Both losses are in `RoIHeads` (`mask_loss='sigmoid'` or `'softmax'`). On our image, which holds circles and
+rectangles but no triangle, the two options send gradient to different output channels of the mask head:
+""")
+
+code("""
+rh_soft = RoIHeads(rh.box_head, rh.box_predictor, rh.mask_head, rh.mask_predictor,
+                   batch_size_per_image=rh.sampler.batch_size_per_image, mask_loss="softmax")
+channel_grad = {}
+for name, heads in [("sigmoid", rh), ("softmax", rh_soft)]:
+    model.zero_grad()
+    losses = heads.forward_train(features, [proposals], sizes, targets, np.random.default_rng(SEED))
+    d_features = heads.backward()
+    w_grad = heads.mask_predictor.mask_fcn_logits.weight.grad          # (K, C, 1, 1)
+    channel_grad[name] = np.abs(w_grad).reshape(4, -1).sum(axis=1)
+    print(f"{name:8s} losses { {k: round(v, 4) for k, v in losses.items()} }")
+    print(f"         |grad| of the 1x1 output conv per class map (bg, circle, rectangle, triangle): "
+          f"{channel_grad[name]}")
+    assert all(np.isfinite(v) for v in losses.values())
+    assert [g.shape for g in d_features] == [f.shape for f in features]
+    assert all(np.all(np.isfinite(g)) for g in d_features)
+    assert all(p.grad is None or np.all(np.isfinite(p.grad)) for _, p in heads.named_parameters())
+model.zero_grad()
+present = np.isin(np.arange(4), gt_labels)
+assert np.all(channel_grad["sigmoid"][~present] == 0) and np.all(channel_grad["sigmoid"][present] > 0)
+assert np.all(channel_grad["softmax"] > 0)                  # every map competes, even the absent triangle's
+""")
+
+md(r"""
+## 6. Checking the gradients
+
+Nothing in minimaskrcnn is differentiated automatically, so every backward pass is checked against central
+differences in float64 (notebook 01). Two checks here:
+
+1. the **mask head and predictor alone**, on pooled features, for both mask losses: the gradient for the
+   pooled features entry by entry (40 random entries), and for all weights along one random direction;
+2. the **whole RoI head** (box head, predictor, mask head, predictor, both poolers): one random direction
+   through every weight *and* every feature level, with the proposals and the sampler's random draws held
+   fixed so that the loss is a smooth function (as `tests/test_model.py` does for the whole model).
+
+ReLU has a kink at 0, and central differences across a kink see half a slope. Two ways to land on one:
+zero-initialised biases put the input of a ReLU *exactly* at 0 wherever all its inputs are 0 (e.g. the
+deconvolution over pixels that an earlier ReLU zeroed), so we jitter the biases a little; and a
+pre-activation closer to 0 than the step moves it (a directional step moves all 196 weights of an fc6 unit
+at once) flips a ReLU. The second is rare but depends on the random numbers, so this section draws them
+from its own fixed seed rather than `SEED`.
+
+One more choice: the step. $L_{mask}$ is a *mean* over $P \cdot 28 \cdot 28$ pixels, so the entries of its
+gradient for the pooled features are small (about $10^{-3}$). At the usual $h = 10^{-6}$ the rounding error
+of the difference quotient, about $10^{-16} L / h \approx 10^{-10}$, is $10^{-7}$ of such an entry: as
+large as the tolerance. With $h = 10^{-5}$ rounding drops tenfold, while the truncation error, of order
+$h^2$, stays negligible. (Try $h = 10^{-6}$ and $10^{-4}$: the error moves as $1/h$.)
+""")
+
+code("""
+def jitter_biases(module, rng):
+    for name, p in module.named_parameters():
+        if name.endswith("bias"):
+            p.data = p.data + rng.uniform(0.01, 0.05, p.shape)
+
+grng = np.random.default_rng(1)                       # this section's own random numbers
+C, K, P = 4, 4, 3
+head64 = MaskRCNNHeads(C, (4, 4), dtype="float64")
+pred64 = MaskRCNNPredictor(4, 4, K, dtype="float64")
+jitter_biases(head64, grng); jitter_biases(pred64, grng)
+x64 = grng.standard_normal((P, C, 14, 14))
+t64 = grng.uniform(size=(P, 28, 28)).round()                        # binary targets
+lab64 = np.array([1, 2, 3])
+
+def mask_loss(x, mode):
+    # The mask part of RoIHeads.forward_train and .backward, for one batch of pooled RoIs:
+    # the loss, and its gradient for the (P, K, 28, 28) logits.
+    logits, rows = pred64(head64(x)), np.arange(P)
+    if mode == "sigmoid":
+        loss, cache = binary_cross_entropy_with_logits_forward(logits[rows, lab64], t64)
+        d_logits = np.zeros_like(logits)
+        d_logits[rows, lab64] = binary_cross_entropy_with_logits_backward(1.0, cache)
+    else:
+        flat = logits.transpose(0, 2, 3, 1).reshape(-1, K)                       # one row per pixel
+        loss, cache = softmax_cross_entropy_forward(flat, ((t64 >= 0.5) * lab64[:, None, None]).ravel())
+        d_logits = softmax_cross_entropy_backward(1.0, cache).reshape(P, 28, 28, K).transpose(0, 3, 1, 2)
+    return loss, d_logits
+
+def loss_only(x, mode):
+    loss, _ = mask_loss(x, mode)
+    head64.free_cache(); pred64.free_cache()                 # numerical differences: no backward
+    return loss
+
+params64 = {n: p.data for n, p in [*head64.named_parameters("head"), *pred64.named_parameters("pred")]}
+for mode in ("sigmoid", "softmax"):
+    head64.zero_grad(); pred64.zero_grad()
+    loss, d_logits = mask_loss(x64, mode)
+    dx = head64.backward(pred64.backward(d_logits))
+    grads64 = {n: p.grad for n, p in [*head64.named_parameters("head"), *pred64.named_parameters("pred")]}
+    err_x = check_gradient(lambda x: loss_only(x, mode), x64, dx, h=1e-5, max_checks=40)
+    err_w = check_directional(lambda: loss_only(x64, mode), params64, grads64)
+    print(f"{mode:8s} loss {loss:.4f}  rel. error: pooled features {err_x:.1e}, weights (directional) {err_w:.1e}")
+    assert err_x < 1e-7 and err_w < 1e-7
+""")
+
+code("""
+# The whole RoI head in float64: 4 FPN levels of a 64 x 64 image with 4 channels, a 16-wide box head, a
+# mask head of two convs of 4, 16 sampled RoIs. Features are random: the check is about the arithmetic.
+img64, masks64, labels64 = draw_shapes_image(np.random.default_rng(2), 64, max_objects=3, object_size=(16, 30))
+boxes64 = np.array([[x.min(), y.min(), x.max() + 1, y.max() + 1]
+                    for y, x in (np.nonzero(m) for m in masks64)], dtype=np.float64)
+targets64 = [{"boxes": boxes64, "labels": labels64, "masks": masks64}]
+props64 = clip_and_clean(np.concatenate([jitter(boxes64, 6, 0.1, grng), random_boxes(10, 64, grng)]), 64)
+feats64 = [grng.standard_normal((1, 4, 64 // s, 64 // s)) for s in (4, 8, 16, 32)]
+heads64 = RoIHeads(TwoMLPHead(4 * 7 * 7, 16, dtype="float64"), FastRCNNPredictor(16, K, dtype="float64"),
+                   MaskRCNNHeads(4, (4, 4), dtype="float64"), MaskRCNNPredictor(4, 4, K, dtype="float64"),
+                   batch_size_per_image=16)
+jitter_biases(heads64, grng)
+
+def total_loss():
+    # The same 16 samples every call: the sampler's random generator is re-seeded.
+    losses = heads64.forward_train(feats64, [props64], [(64, 64)], targets64, np.random.default_rng(11))
+    heads64.free_cache()
+    return sum(losses.values())
+
+for mode in ("sigmoid", "softmax"):
+    heads64.mask_loss = mode
+    heads64.zero_grad()
+    losses = heads64.forward_train(feats64, [props64], [(64, 64)], targets64, np.random.default_rng(11))
+    d_feats = heads64.backward()
+    params = {n: p.data for n, p in heads64.named_parameters()} | {f"P{k + 2}": f for k, f in enumerate(feats64)}
+    grads = {n: p.grad for n, p in heads64.named_parameters()} | {f"P{k + 2}": g for k, g in enumerate(d_feats)}
+    err = check_directional(total_loss, params, grads)
+    print(f"{mode:8s} { {k: round(v, 4) for k, v in losses.items()} }  directional rel. error {err:.1e}")
+    assert losses["loss_box_reg"] > 0 and losses["loss_mask"] > 0     # positives were sampled
+    assert err < 1e-7
+""")
+
+md("""
+## 7. From mask logits to masks in the image
+
+At test time (§3.1) the box branch runs on the proposals, then per-class NMS keeps the top detections (100 in
+the paper, 30 in `tiny`), and only then does the mask branch run, **on the detected boxes**, not on the
+proposals. Of its K maps per box, only the one of the **predicted class** is used: sigmoid → probabilities
+on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
+
+An untrained mask head predicts noise, so first we fit the mask branch alone, for a few seconds, to a few
+positive RoIs of this one image, four per object (the pooled features stay fixed: the backbone and the box
+branch are untouched). That is memorisation, not learning, but it gives the pictures something to show.
+""")
+
+code("""
+per_object = [np.flatnonzero(pos & (matched == g)) for g in range(G)]
+fit_idx = np.concatenate([rng.choice(i, min(FIT_ROIS_PER_OBJECT, len(i)), replace=False) for i in per_object])
+fit_pooled, _ = rh.pool(features, boxes_to_rois([rois[fit_idx]], np), rh.mask_pool_size, scales)
+fit_targets = project_masks_on_boxes(gt_masks, rois[fit_idx], matched[fit_idx], 28)
+fit_labels, n_fit = labels[fit_idx], len(fit_idx)
+optimizer = nn.SGD([*rh.mask_head.named_parameters("h"), *rh.mask_predictor.named_parameters("p")],
+                   lr=0.02, momentum=0.9, weight_decay=0.0)
+history = []
+for step in range(FIT_STEPS):
+    logits = rh.mask_predictor(rh.mask_head(fit_pooled))
+    loss, cache = binary_cross_entropy_with_logits_forward(logits[np.arange(n_fit), fit_labels], fit_targets)
+    d_logits = np.zeros_like(logits)
+    d_logits[np.arange(n_fit), fit_labels] = binary_cross_entropy_with_logits_backward(1.0, cache)
+    optimizer.zero_grad()
+    rh.mask_head.backward(rh.mask_predictor.backward(d_logits))
+    optimizer.step()
+    history.append(loss)
+print(f"L_mask on the {n_fit} RoIs: {history[0]:.3f} -> {history[-1]:.3f} after {FIT_STEPS} steps")
+assert history[-1] < history[0] / 4
+fig, ax = plt.subplots(figsize=(4, 2.2))
+ax.plot(history); ax.set_xlabel("SGD step"); ax.set_ylabel("L_mask"); ax.set_yscale("log"); plt.show()
+""")
+
+md("""
+**The test-time path.** `RoIHeads.predict` returns, for each detection, `mask_probs`: the sigmoid of the
+predicted class's map. The box branch is still untrained, so its detections are arbitrary boxes with
+arbitrary classes; but we can check that the path computes what the paper says, by redoing it by hand on
+those detections.
+""")
+
+code("""
+rh.eval()
+detections, = rh.predict(features, [proposals], sizes)
+D = len(detections["boxes"])
+pooled_d, _ = rh.pool(features, boxes_to_rois([detections["boxes"]], np), rh.mask_pool_size, scales)
+all_maps = rh.mask_predictor(rh.mask_head(pooled_d))                        # (D, K, 28, 28)
+by_hand = 1 / (1 + np.exp(-all_maps[np.arange(D), detections["labels"]]))   # the predicted class's map
+print(f"{D} detections (at most {rh.detections_per_img}); mask_probs {detections['mask_probs'].shape}")
+assert 0 < D <= rh.detections_per_img and detections["mask_probs"].shape == (D, 28, 28)
+assert np.allclose(detections["mask_probs"], by_hand, atol=1e-6)
+""")
+
+md("""
+For the pictures we pretend the box branch is perfect: the detections are the ground-truth boxes with their
+classes. For each: the 28 × 28 probabilities of its class, the same **pasted** into the image
+(`paste_masks_in_image`: the mask, padded by one zero pixel, is resized bilinearly onto the box, so it fades
+to 0 at the box's edge), and the binary mask (> 0.5) against the GT outline (red).
+
+The last row shows all K maps for the first object. Only the map of its class is read. The other class's
+map, fitted on the *other* objects only, often outlines this object quite well too: much of what a mask
+head learns is "the object in this box", whatever its class, which is why class-agnostic masks cost only
+0.6 AP in the paper (exercise 1). The triangle's map was never trained (no triangle in the image), and
+map 0 is neither trained nor read with sigmoid masks (it is the background class of the softmax option).
+""")
+
+code("""
+det_boxes, det_labels = gt_boxes, gt_labels
+pooled_g, _ = rh.pool(features, boxes_to_rois([det_boxes], np), rh.mask_pool_size, scales)
+maps = rh.mask_predictor(rh.mask_head(pooled_g))
+rh.train()
+probs = 1 / (1 + np.exp(-maps[np.arange(G), det_labels]))                  # (G, 28, 28)
+soft = paste_masks_in_image(probs, det_boxes, image.shape[:2], threshold=None)
+binary = paste_masks_in_image(probs, det_boxes, image.shape[:2], threshold=0.5)
+assert np.array_equal(binary, soft > 0.5)
+
+def mask_iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+ious = [mask_iou(binary[g], gt_masks[g]) for g in range(G)]
+# What the 28 x 28 resolution alone costs: paste the targets themselves (GT -> 28 x 28 target -> image).
+round_trip = paste_masks_in_image(project_masks_on_boxes(gt_masks, det_boxes, np.arange(G), 28), det_boxes,
+                                  image.shape[:2], threshold=0.5)
+best = [mask_iou(round_trip[g], gt_masks[g]) for g in range(G)]
+print("mask IoU, fitted head:", np.round(ious, 3), "  pasted targets (GT -> 28 x 28 -> image):", np.round(best, 3))
+assert min(best) > 0.85 and min(ious) > 0.6
+
+fig, axes = plt.subplots(G + 1, 4, figsize=(9, 2.3 * (G + 1)))
+for g in range(G):
+    x1, y1, x2, y2 = det_boxes[g]
+    view = np.s_[max(int(y1) - 6, 0):int(y2) + 6, max(int(x1) - 6, 0):int(x2) + 6]
+    panels = [(probs[g], f"{NAMES[det_labels[g]]}: 28x28 probabilities"), (soft[g][view], "pasted (soft)"),
+              (binary[g][view], f"binary > 0.5, IoU {ious[g]:.2f}")]
+    for ax, (img, title) in zip(axes[g], panels):
+        ax.imshow(img, cmap="viridis", vmin=0, vmax=1); ax.set_title(title, fontsize=8); ax.set_axis_off()
+    axes[g, 2].contour(gt_masks[g][view], levels=[0.5], colors="r", linewidths=1)
+    axes[g, 3].imshow(image[view]); axes[g, 3].set_title("image", fontsize=8); axes[g, 3].set_axis_off()
+for c in range(4):
+    ax = axes[G, c]
+    ax.imshow(1 / (1 + np.exp(-maps[0, c])), cmap="viridis", vmin=0, vmax=1); ax.set_axis_off()
+    used = ", used" if c == det_labels[0] else ""
+    ax.set_title(f"object 0, map {c} ({['background', *NAMES[1:]][c]}{used})", fontsize=8)
+plt.show()
+
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
+draw_instances(image, gt_boxes, gt_labels, gt_masks, class_names=NAMES, ax=axes[0], title="ground truth")
+draw_instances(image, det_boxes, det_labels, binary, class_names=NAMES, ax=axes[1],
+               title="masks from the fitted mask branch")
+plt.show()
+""")
+
+md("""
+## Summary
+
+* Training uses **proposals + GT boxes**, matched at **IoU 0.5** (positive: the GT box's class; otherwise
+  background), **sampled** to `batch_size_per_image` RoIs per image (512 in the paper) with at most **25 %**
+  positives.
+* The **box branch**: RoIAlign 7 × 7 → two fc layers → K + 1 class logits and **class-specific** deltas,
+  encoded with weights (10, 10, 5, 5). $L_{cls}$ is the mean cross-entropy over all sampled RoIs;
+  $L_{box}$ is smooth L1 (β = 1/9) on the GT class's deltas of the positives, **summed and divided by all
+  sampled RoIs**.
+* The **mask branch** is an FCN: RoIAlign 14 × 14 → 3 × 3 convs → 2 × 2 deconv → 1 × 1 conv to **K maps
+  of 28 × 28**. Convolutions keep the spatial layout (a shifted input gives a shifted mask) and share their
+  weights across positions: more accurate and much smaller than an MLP (Table 2e, +2.1 AP).
+* **Mask targets** are the matched GT mask, RoIAligned to 28 × 28 over the RoI: the object's pixels inside
+  the RoI, soft at the edges, other instances excluded.
+* $L_{mask}$ is the mean per-pixel **sigmoid** cross-entropy on the **GT class's map only**: no competition
+  between classes (a softmax over classes loses 5.5 AP, Table 2b); the classifier picks the mask.
+* At test time the mask branch runs on the **final detections**; the predicted class's map goes through a
+  sigmoid, is pasted into its box and binarised at 0.5.
+* Every backward pass of the RoI heads matches central differences in float64 to < 1e-7.
+
+## Exercises
+
+1. **Class-agnostic masks.** The paper reports 29.7 AP for a single class-agnostic mask vs 30.3 for
+   class-specific ones (ResNet-50-C4): nearly as good, because the mask head mostly learns "the object in
+   this box". Build `MaskRCNNPredictor(64, 64, num_classes=1)` (or `config.tiny(4, class_agnostic_masks=True)`),
+   redo the fit of section 7 and compare the IoUs. Which lines of `RoIHeads._mask_loss` and `predict` handle
+   the single map?
+2. **Sampling.** Set `rh.sampler.positive_fraction = 0.5` and `RANDOM_PROPOSALS = 10`: how many negatives are
+   left in the batch? What would that do to the classifier's background score at test time?
+3. **Normalisation.** Divide $L_{box}$ by the number of positives instead of all samples. By how much does
+   $L_{box}$ change on this image, and why might a smaller box loss early in training be intended?
+4. **Softmax at test time.** With `mask_loss='softmax'`, `predict` takes the softmax over the K maps and
+   reads the predicted class's probability. In the example of section 5, what mask would it return for
+   the rectangle? Build a toy case where the sigmoid and the softmax masks of the same logits differ most.
+5. **An MLP mask head (Table 2e).** Replace the head with `Flatten → Linear(64·14·14, 256) → ReLU →
+   Linear(256, 4·28·28)`, count its parameters, fit it as in section 7 and compare the masks on RoIs that
+   were not in the fit (e.g. other jittered boxes).
+6. **The 28 × 28 resolution.** The round trip of section 7 (GT → 28 × 28 target → pasted → binarised) shows
+   what the mask resolution alone costs. (Why can the fitted head beat it on an object? Think of what 0.5
+   means for a soft target at the edge.) Compute it for masks of several sizes and for `M = 14` (the C4
+   head): which objects suffer?
+""")
+
+
+def main():
+    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
+                                                            "name": "python3"},
+                                             "language_info": {"name": "python"}})
+    path = Path(__file__).resolve().parents[1] / "notebooks" / "05_heads_and_masks.ipynb"
+    path.parent.mkdir(exist_ok=True)
+    nbformat.write(nb, path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
