@@ -45,7 +45,7 @@ def test_mlp_mask_head_shapes_names_and_gradient(rng):
 
 
 def test_mlp_config_builds_the_paper_layers():
-    model = MaskRCNN(configs.r50_fpn(81, mask_head="mlp"))
+    model = MaskRCNN(configs.r50_fpn(81, mask_head="mlp", depth=18))   # (the head does not depend on depth)
     shapes = {n: p.shape for n, p in model.named_parameters() if n.startswith("roi_heads.mask_")}
     # fc: (256 x 14 x 14) -> 1024 -> 1024 -> 80 x 28^2 (Table 2e, with the background class: 81)
     assert shapes == {"roi_heads.mask_head.fc1.weight": (1024, 256 * 14 * 14), "roi_heads.mask_head.fc1.bias": (1024,),
