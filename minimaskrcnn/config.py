@@ -45,7 +45,7 @@ class MaskRCNNConfig:
     rpn_score_thresh: float = 0.0
     # RoI heads
     roi_op: str = "align"                             # 'align' | 'warp' | 'pool' (Table 2c)
-    roi_mode: str = "avg"                             # 'avg' | 'max'
+    roi_mode: str | None = None                       # 'avg' | 'max' | None: the op's own (pool: max, else avg)
     roi_aligned: bool = False                         # torchvision's default; Detectron2 uses True
     roi_impl: str = "numpy"                           # 'numpy' | 'kernel'
     sampling_ratio: int = 2

@@ -21,7 +21,8 @@ from ..ops.anchors import AnchorGenerator
 from ..ops.masks import paste_masks_in_image
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork
 from .resnet import ResNet
-from .roi_heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads, TwoMLPHead
+from .roi_heads import (FastRCNNPredictor, MaskMLPHead, MaskMLPPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
+                        TwoMLPHead)
 from .rpn import RegionProposalNetwork, RPNHead
 
 
@@ -42,17 +43,18 @@ class MaskRCNN(nn.Module):
                       frozen_stages=c.frozen_stages, dtype=dt)
         self.backbone = BackboneWithFPN(body, FeaturePyramidNetwork(body.out_channels, c.fpn_channels,
                                                                     norm=c.fpn_norm, dtype=dt))
-        anchors = AnchorGenerator(c.anchor_sizes, (tuple(c.aspect_ratios),) * len(c.anchor_sizes))
-        head = RPNHead(c.fpn_channels, anchors.num_anchors_per_location()[0], c.rpn_conv_depth, dtype=dt)
-        self.rpn = RegionProposalNetwork(
-            anchors, head, c.rpn_fg_iou_thresh, c.rpn_bg_iou_thresh, c.rpn_batch_size_per_image,
-            c.rpn_positive_fraction, c.rpn_pre_nms_top_n, c.rpn_post_nms_top_n, c.rpn_nms_thresh,
-            c.rpn_score_thresh)
+        self.rpn = build_rpn(c, c.fpn_channels)
         box_head = TwoMLPHead(c.fpn_channels * c.box_pool_size ** 2, c.representation_size, dtype=dt)
         box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes, dtype=dt)
         mask_classes = 1 if c.class_agnostic_masks else c.num_classes
-        mask_head = MaskRCNNHeads(c.fpn_channels, c.mask_layers, dtype=dt)
-        mask_predictor = MaskRCNNPredictor(mask_head.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+        if c.mask_head == "fcn":
+            mask_head = MaskRCNNHeads(c.fpn_channels, c.mask_layers, dtype=dt)
+            mask_predictor = MaskRCNNPredictor(mask_head.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+        elif c.mask_head == "mlp":  # Table 2e: fc 1024 -> fc 1024 -> K x 28 x 28 on the flattened 14x14 RoI
+            mask_head = MaskMLPHead(c.fpn_channels * c.mask_pool_size ** 2, (c.representation_size,) * 2, dtype=dt)
+            mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
+        else:
+            raise ValueError(f"mask_head must be 'fcn' or 'mlp', got {c.mask_head!r}")
         self.roi_heads = RoIHeads(
             box_head, box_predictor, mask_head, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
             c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
@@ -60,6 +62,10 @@ class MaskRCNN(nn.Module):
             detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=2 * c.mask_pool_size)
         self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
         self.device = "cpu"
+
+    def roi_features(self, feats):
+        """The feature maps the RoI heads pool from: P2..P5 (P6 only serves the RPN's 512 px anchors)."""
+        return feats[:-1]
 
     # ---- devices -----------------------------------------------------------------------------------------
     def to(self, device: str) -> "MaskRCNN":
@@ -107,7 +113,7 @@ class MaskRCNN(nn.Module):
             xp = get_xp(batch)
             rpn_proposals = [xp.asarray(p, dtype=batch.dtype) for p in proposals]
         self.last_proposals = rpn_proposals
-        roi_losses = self.roi_heads.forward_train(feats[:-1], rpn_proposals, sizes, targets, self.rng)
+        roi_losses = self.roi_heads.forward_train(self.roi_features(feats), rpn_proposals, sizes, targets, self.rng)
         self.save_for_backward(len(feats))
         losses = {**rpn_losses, **roi_losses}
         for name, value in losses.items():
@@ -119,7 +125,7 @@ class MaskRCNN(nn.Module):
         """Back-propagate the sum of the losses of the last :meth:`forward_train` into every parameter's
         ``.grad`` (accumulating: call ``zero_grad()`` between steps)."""
         n_levels = self.saved()
-        d_roi = self.roi_heads.backward()                 # P2..P5 (the poolers read these levels)
+        d_roi = self.roi_heads.backward()                 # P2..P5 (the levels of roi_features)
         d_rpn = self.rpn.backward()                       # P2..P6
         grads = [d_rpn[k] + d_roi[k] if k < len(d_roi) else d_rpn[k] for k in range(n_levels)]
         self.backbone.backward(grads)
@@ -140,7 +146,7 @@ class MaskRCNN(nn.Module):
             batch, sizes, originals, _ = self.preprocess(images)
             feats = self.backbone(batch)
             proposals, _ = self.rpn(feats, sizes, batch.shape[-2:])
-            dets = self.roi_heads.predict(feats[:-1], proposals, sizes)
+            dets = self.roi_heads.predict(self.roi_features(feats), proposals, sizes)
         finally:
             self.train(was_training)
         out = []
@@ -156,6 +162,17 @@ class MaskRCNN(nn.Module):
                 r = {k: v[keep] for k, v in r.items()}
             out.append(r)
         return out
+
+
+def build_rpn(c: MaskRCNNConfig, in_channels: int) -> RegionProposalNetwork:
+    """The RPN a config describes, on features of ``in_channels``: anchors of ``c.anchor_sizes`` (one tuple
+    of sizes per feature level) x ``c.aspect_ratios`` at every location, torchvision's head and defaults."""
+    anchors = AnchorGenerator(c.anchor_sizes, (tuple(c.aspect_ratios),) * len(c.anchor_sizes))
+    head = RPNHead(in_channels, anchors.num_anchors_per_location()[0], c.rpn_conv_depth, dtype=c.dtype)
+    return RegionProposalNetwork(
+        anchors, head, c.rpn_fg_iou_thresh, c.rpn_bg_iou_thresh, c.rpn_batch_size_per_image,
+        c.rpn_positive_fraction, c.rpn_pre_nms_top_n, c.rpn_post_nms_top_n, c.rpn_nms_thresh,
+        c.rpn_score_thresh)
 
 
 def check_images(images):

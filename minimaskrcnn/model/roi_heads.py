@@ -8,7 +8,9 @@ Inference: softmax scores, class-specific box decoding, score threshold 0.05, pe
 100 detections; then the mask branch runs on those boxes only and the predicted class picks the mask.
 
 Names follow torchvision: ``box_head.fc6/fc7``, ``box_predictor.cls_score/bbox_pred``,
-``mask_head.<k>.0``, ``mask_predictor.conv5_mask/mask_fcn_logits``.
+``mask_head.<k>.0``, ``mask_predictor.conv5_mask/mask_fcn_logits``. Table 2e's MLP mask branch is
+``mask_head.fc1/fc2`` + ``mask_predictor.mask_fc_logits``. The C4 variant (Fig. 4 left) has no
+``mask_head``: its mask predictor reads the box head's res5 output (see ``model/mask_rcnn_c4.py``).
 """
 from __future__ import annotations
 
@@ -96,6 +98,49 @@ class MaskRCNNPredictor(nn.Module):
         return self.conv5_mask.backward(self.relu.backward(self.mask_fcn_logits.backward(dout)))
 
 
+class MaskMLPHead(nn.Module):
+    """Table 2e's MLP mask head: flatten the (P, C, 14, 14) RoI features, then fully connected layers with
+    ReLU (``fc1``, ``fc2``: 1024 -> 1024 in the paper) -> (P, 1024). Unlike the FCN it has no spatial
+    layout: every output pixel is predicted from every input feature (paper §3, "Mask Representation")."""
+
+    def __init__(self, in_features, layers=(1024, 1024), dtype="float32"):
+        super().__init__()
+        for k, width in enumerate(layers, start=1):
+            self.add_module(f"fc{k}", nn.Linear(in_features, width, dtype=dtype))
+            in_features = width
+        self.out_features = in_features
+
+    def forward(self, x):
+        h, masks = x.reshape(x.shape[0], -1), []
+        for fc in self.children():
+            h, m = relu_forward(fc(h))
+            masks.append(m)
+        self.save_for_backward((masks, x.shape))
+        return h
+
+    def backward(self, dout):
+        masks, shape = self.saved()
+        for fc, m in zip(reversed(list(self.children())), reversed(masks)):
+            dout = fc.backward(relu_backward(dout, m))
+        return dout.reshape(shape)
+
+
+class MaskMLPPredictor(nn.Module):
+    """The MLP head's output layer ``mask_fc_logits``: (P, D) -> (P, K * m * m), viewed as (P, K, m, m)
+    mask logits (Table 2e: fc to 80 x 28^2)."""
+
+    def __init__(self, in_features, num_classes, resolution=28, dtype="float32"):
+        super().__init__()
+        self.mask_fc_logits = nn.Linear(in_features, num_classes * resolution * resolution, dtype=dtype)
+        self.num_classes, self.resolution = num_classes, resolution
+
+    def forward(self, x):
+        return self.mask_fc_logits(x).reshape(x.shape[0], self.num_classes, self.resolution, self.resolution)
+
+    def backward(self, dout):
+        return self.mask_fc_logits.backward(dout.reshape(dout.shape[0], -1))
+
+
 def infer_scales(features, image_sizes):
     """Spatial scale of each level, ``2 ** round(log2(feature size / image size))`` (torchvision's
     ``MultiScaleRoIAlign.infer_scale``, from the largest image of the batch)."""
@@ -114,8 +159,11 @@ class RoIHeads(nn.Module):
     """Box and mask branches on top of the pooled RoI features, with their losses and post-processing.
 
     Args (defaults are torchvision's and the paper's):
-        box_head, box_predictor, mask_head, mask_predictor: the sub-networks (``mask_head=None`` for
-            Faster R-CNN).
+        box_head, box_predictor, mask_head, mask_predictor: the sub-networks (no mask predictor for
+            Faster R-CNN). ``mask_head=None`` with a mask predictor shares the box head (C4, Fig. 4 left;
+            Detectron's ``SHARE_RES5``): in training the mask predictor reads the box head's output for
+            the positive RoIs, at inference the box head runs again on the detections' RoIs (pooled
+            ``mask_pool_size``, which must then equal ``box_pool_size``).
         box_pool_size, mask_pool_size, sampling_ratio: RoIAlign 7x7 and 14x14 with 2x2 samples per bin.
         roi_op, roi_mode, aligned, impl: which RoI operator pools the features ('align' | 'warp' | 'pool',
             'avg' | 'max', half-pixel offset, 'numpy' | 'kernel'): the paper's Table 2c ablation.
@@ -144,7 +192,12 @@ class RoIHeads(nn.Module):
 
     @property
     def has_mask(self):
-        return self.mask_head is not None
+        return self.mask_predictor is not None
+
+    @property
+    def shares_box_head(self):
+        """The mask predictor reads the box head's features (C4) instead of having a head of its own."""
+        return self.has_mask and self.mask_head is None
 
     def pool(self, features, rois, size, scales):
         return multiscale_roi_forward(features, rois, size, scales, self.sampling_ratio, self.aligned,
@@ -199,7 +252,8 @@ class RoIHeads(nn.Module):
         labels = xp.concatenate([s[2] for s in samples])
         reg_targets = xp.concatenate([s[3] for s in samples])
         pooled, box_pool_cache = self.pool(features, boxes_to_rois(boxes, xp), self.box_pool_size, scales)
-        class_logits, box_regression = self.box_predictor(self.box_head(pooled))
+        box_features = self.box_head(pooled)
+        class_logits, box_regression = self.box_predictor(box_features)
         loss_cls, c_cls = softmax_cross_entropy_forward(class_logits, labels)
         pos = xp.nonzero(labels > 0)[0]
         K = class_logits.shape[1]
@@ -209,11 +263,13 @@ class RoIHeads(nn.Module):
         losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box}
         cache = {"box": (box_pool_cache, c_cls, c_box, pos, labels, box_regression.shape)}
         if self.has_mask:
-            losses["loss_mask"], cache["mask"] = self._mask_loss(features, samples, targets, scales)
+            # C4: the positives' rows of the box head's output (same order: images, then samples)
+            shared = box_features[pos] if self.shares_box_head else None
+            losses["loss_mask"], cache["mask"] = self._mask_loss(features, samples, targets, scales, shared)
         self.save_for_backward(cache)
         return losses
 
-    def _mask_loss(self, features, samples, targets, scales):
+    def _mask_loss(self, features, samples, targets, scales, shared=None):
         xp = get_xp(features[0])
         pos = []
         for p, m, lab, _ in samples:
@@ -223,9 +279,12 @@ class RoIHeads(nn.Module):
         P = int(pos_labels.shape[0])
         if P == 0:  # no foreground RoI in the batch: the mask loss is 0 and sends no gradient
             return 0.0, None
-        pooled, pool_cache = self.pool(features, boxes_to_rois([b for b, _, _ in pos], xp), self.mask_pool_size,
-                                       scales)
-        logits = self.mask_predictor(self.mask_head(pooled))                        # (P, K or 1, M, M)
+        if shared is None:
+            pooled, pool_cache = self.pool(features, boxes_to_rois([b for b, _, _ in pos], xp),
+                                           self.mask_pool_size, scales)
+            logits = self.mask_predictor(self.mask_head(pooled))                    # (P, K or 1, M, M)
+        else:
+            pool_cache, logits = None, self.mask_predictor(shared)
         # Mask targets: each positive RoI's GT mask, RoIAligned to the M x M grid of the logits (§3).
         M = logits.shape[-1]
         mask_targets = xp.concatenate([project_masks_on_boxes(t["masks"], b, m, M)
@@ -249,8 +308,8 @@ class RoIHeads(nn.Module):
         K = d_logits.shape[1]
         d_reg = xp.zeros((reg_shape[0], K, 4), d_logits.dtype)
         d_reg[pos, labels[pos]] = smooth_l1_backward(scale, c_box)
-        d_pooled = self.box_head.backward(self.box_predictor.backward(d_logits, d_reg.reshape(reg_shape)))
-        d_feats = multiscale_roi_backward(d_pooled, box_pool_cache)
+        d_box_features = self.box_predictor.backward(d_logits, d_reg.reshape(reg_shape))
+        d_mask = None
         if cache.get("mask") is not None:
             pool_cache, c, shape, pos_labels = cache["mask"]
             P = shape[0]
@@ -258,11 +317,16 @@ class RoIHeads(nn.Module):
                 d_logits = softmax_cross_entropy_backward(scale, c)
                 d_logits = d_logits.reshape(P, shape[2], shape[3], shape[1]).transpose(0, 3, 1, 2)
             else:
-                d_logits = xp.zeros(shape, d_feats[0].dtype)
+                d_logits = xp.zeros(shape, d_box_features.dtype)
                 channel = pos_labels if shape[1] > 1 else xp.zeros_like(pos_labels)
                 d_logits[xp.arange(P), channel] = binary_cross_entropy_with_logits_backward(scale, c)
-            d_mask = multiscale_roi_backward(self.mask_head.backward(self.mask_predictor.backward(d_logits)),
-                                             pool_cache)
+            d_mask_features = self.mask_predictor.backward(d_logits)
+            if self.shares_box_head:  # C4: both branches read the box head's output; their gradients add
+                d_box_features[pos] += d_mask_features
+            else:
+                d_mask = multiscale_roi_backward(self.mask_head.backward(d_mask_features), pool_cache)
+        d_feats = multiscale_roi_backward(self.box_head.backward(d_box_features), box_pool_cache)
+        if d_mask is not None:
             d_feats = [a + b for a, b in zip(d_feats, d_mask)]
         return d_feats
 
@@ -308,7 +372,8 @@ class RoIHeads(nn.Module):
             return
         pooled, _ = self.pool(features, boxes_to_rois([r["boxes"] for r in results], xp), self.mask_pool_size,
                               scales)
-        logits = self.mask_predictor(self.mask_head(pooled))
+        head = self.box_head if self.shares_box_head else self.mask_head   # C4: res5 again, on the detections
+        logits = self.mask_predictor(head(pooled))
         labels = xp.concatenate([r["labels"] for r in results])
         D = logits.shape[0]
         if self.mask_loss == "softmax":

@@ -1,0 +1,139 @@
+"""Mask R-CNN with a ResNet-C4 backbone and the res5 head (paper §3 "Network Architecture", Fig. 4 left;
+Detectron's ``R-50-C4``).
+
+Where the FPN model pools from a pyramid, the C4 model uses one feature map, the output of ResNet's
+fourth stage (C4, stride 16), and runs the *fifth* stage on every RoI:
+
+    image -> stem, res2, res3, res4 -> C4 (N, 1024, H/16, W/16)
+    C4 -> RPN (15 anchors per location: sizes 32..512 x ratios 1:2, 1:1, 2:1) -> proposals
+    RoIAlign 14x14 on C4 -> res5 (first block stride 2) -> (R, 2048, 7, 7)
+         -> average pool -> (R, 2048) -> cls_score (K+1), bbox_pred (4 (K+1))            the box branch
+         -> deconv 2x2/2 + ReLU -> (R, 256, 14, 14) -> 1x1 conv -> (R, K, 14, 14)        the mask branch
+
+The two branches share res5: in training the mask predictor reads the res5 output of the positive
+sampled RoIs (so res5 runs once, and its gradient is the sum of both branches'); at inference the 100
+best detections are pooled again and run through res5 for their masks (§3.1). Training samples 64 RoIs
+per image, testing keeps 300 proposals (§3.1; :func:`minimaskrcnn.config.r50_c4`).
+
+The paper's Fig. 4 pools 7x7 RoIs and gives res5 stride 1; Detectron (and this file) pool 14x14 and keep
+res5's stride 2, which also gives 7x7 outputs. As in torchvision's ResNet, res5's stride sits on the 3x3
+conv of its first block.
+
+Parameter layout (names as torchvision's ResNet and Mask R-CNN):
+    ``backbone.body.{conv1, bn1, layer1, layer2, layer3}.*``   stem + res2..res4
+    ``rpn.head.{conv.0.0, cls_logits, bbox_pred}.*``           3x3 conv on C4, A = 15 and 4A = 60 outputs
+    ``roi_heads.box_head.layer4.*``                            res5
+    ``roi_heads.box_predictor.{cls_score, bbox_pred}.*``       from the 2048-d average
+    ``roi_heads.mask_predictor.{conv5_mask, mask_fcn_logits}.*``
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import nn
+from ..backend import get_xp
+from ..config import MaskRCNNConfig
+from .mask_rcnn import MaskRCNN, build_rpn
+from .resnet import BLOCKS, ResNet, make_stage
+from .roi_heads import FastRCNNPredictor, MaskRCNNPredictor, RoIHeads
+
+
+class ResNetC4Backbone(nn.Module):
+    """``body``: ResNet stem + layer1..layer3. ``forward(images (N, 3, H, W))`` returns ``[C4]``, one
+    (N, C, H/16, W/16) map in a list (the RPN and RoI heads take a list of levels); ``backward([dC4])``."""
+
+    def __init__(self, body: ResNet):
+        super().__init__()
+        self.body = body
+        self.out_channels = body.out_channels[-1]
+
+    def forward(self, images):
+        return self.body(images)
+
+    def backward(self, grads):
+        return self.body.backward(grads)
+
+
+class Res5Head(nn.Module):
+    """ResNet's fifth stage as the RoI head: (R, C4 channels, 14, 14) -> (R, 2048, 7, 7).
+
+    ``layer4`` is built exactly as the backbone's would be (first block stride 2 with a projection
+    shortcut), so ImageNet weights of ``layer4`` load into it unchanged."""
+
+    def __init__(self, depth, in_channels, width, groups=1, width_per_group=64, norm="frozen_bn", dtype="float32"):
+        super().__init__()
+        block, counts = BLOCKS[depth]
+        self.layer4, self.out_channels = make_stage(block, in_channels, width, counts[3], 2, groups, width_per_group,
+                                                    norm, dtype)
+        for _, m in self.named_modules():  # as ResNet: He-normal (fan_out) for every conv
+            if isinstance(m, nn.Conv2d):
+                m.weight.data = nn.init.kaiming_normal(m.weight.shape, "fan_out", dtype)
+
+    def forward(self, x):
+        return self.layer4(x)
+
+    def backward(self, dout):
+        return self.layer4.backward(dout)
+
+
+class Res5BoxPredictor(FastRCNNPredictor):
+    """Average-pool the (R, 2048, 7, 7) res5 output to (R, 2048), then ``cls_score`` and ``bbox_pred``."""
+
+    def forward(self, x):
+        self.save_for_backward(x.shape)
+        return super().forward(x.mean(axis=(2, 3)))
+
+    def backward(self, d_logits, d_deltas):
+        """Returns a fresh (R, 2048, 7, 7) array: the mean spreads each gradient evenly over the 7x7 cells."""
+        shape = self.saved()
+        d = super().backward(d_logits, d_deltas) / (shape[2] * shape[3])
+        return get_xp(d).broadcast_to(d[:, :, None, None], shape).copy()
+
+
+class MaskRCNNC4(MaskRCNN):
+    """Mask R-CNN, ResNet-C4 (Fig. 4 left). Same interface as :class:`MaskRCNN` (``forward_train``,
+    ``backward``, ``predict``, ``preprocess``, ``rng``, ``last_proposals``, ``to``): only the parts differ,
+    the plumbing (pre-processing, losses, the backward walk, post-processing) is inherited.
+
+    Sub-modules: ``backbone`` (``body``), ``rpn`` (``head``), ``roi_heads`` (``box_head`` = res5,
+    ``box_predictor``, ``mask_predictor``; no ``mask_head``: the mask branch shares res5).
+    """
+
+    def __init__(self, config: MaskRCNNConfig):
+        # MaskRCNN.__init__ builds the FPN parts; the C4 parts are built here instead.
+        nn.Module.__init__(self)
+        c = config
+        if c.architecture != "c4":
+            raise ValueError(f"MaskRCNNC4: architecture must be 'c4', got {c.architecture!r}")
+        if c.mask_head != "fcn":
+            raise ValueError(f"MaskRCNNC4: the C4 mask branch is res5 + deconv (mask_head='fcn'), got {c.mask_head!r}")
+        if c.mask_pool_size != c.box_pool_size:
+            raise ValueError(f"MaskRCNNC4: the box and mask branches share res5, so mask_pool_size "
+                             f"({c.mask_pool_size}) must equal box_pool_size ({c.box_pool_size})")
+        if len(c.anchor_sizes) != 1:
+            raise ValueError(f"MaskRCNNC4: the RPN runs on one feature map (C4), so anchor_sizes must hold one "
+                             f"tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
+        self.config = c
+        dt = c.dtype
+        nn.init.manual_seed(c.seed)
+        body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=3,
+                      return_stages=(3,), frozen_stages=c.frozen_stages, dtype=dt)
+        self.backbone = ResNetC4Backbone(body)
+        self.rpn = build_rpn(c, self.backbone.out_channels)
+        res5 = Res5Head(c.depth, self.backbone.out_channels, c.stage_widths[3], c.groups, c.width_per_group, c.norm,
+                        dtype=dt)
+        box_predictor = Res5BoxPredictor(res5.out_channels, c.num_classes, dtype=dt)
+        mask_classes = 1 if c.class_agnostic_masks else c.num_classes
+        mask_predictor = MaskRCNNPredictor(res5.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+        res5_side = (c.box_pool_size - 1) // 2 + 1          # the stride-2 first block: 14 -> 7
+        self.roi_heads = RoIHeads(
+            res5, box_predictor, None, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
+            c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
+            positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
+            detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=2 * res5_side)
+        self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
+        self.device = "cpu"
+
+    def roi_features(self, feats):
+        """The RoI heads pool from the one C4 map (spatial scale 1/16)."""
+        return feats
