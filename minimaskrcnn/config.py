@@ -82,6 +82,22 @@ class MaskRCNNConfig:
     seed: int = 0
     class_names: tuple = field(default=())
 
+    def __post_init__(self):
+        choices = {"architecture": ("fpn", "c4"), "norm": ("frozen_bn", "bn", "gn"),
+                   "roi_op": ("align", "warp", "pool"), "roi_impl": ("numpy", "kernel"), "mask_head": ("fcn", "mlp"),
+                   "mask_loss": ("sigmoid", "softmax"), "dtype": ("float32", "float64")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"config.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.roi_mode not in (None, "avg", "max"):
+            raise ValueError(f"config.roi_mode must be None, 'avg' or 'max', got {self.roi_mode!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"config.num_classes counts the background too, so it must be >= 2, "
+                             f"got {self.num_classes}")
+        if self.mask_loss == "softmax" and self.class_agnostic_masks:
+            raise ValueError("config: mask_loss='softmax' classifies each pixel among the classes, which needs a "
+                             "mask per class; it cannot be combined with class_agnostic_masks=True")
+
     def replace(self, **changes) -> "MaskRCNNConfig":
         """A copy with some fields changed; unknown names raise ``ValueError``."""
         names = {f.name for f in dataclasses.fields(self)}

@@ -59,7 +59,8 @@ def test_backbone_gradients(norm, depth, groups, wpg, rng):
     params = {n: p.data for n, p in bb.named_parameters()}
     grads = {n: p.grad for n, p in bb.named_parameters()}
     assert all(g is not None for g in grads.values())
-    assert check_directional(loss, params, grads) < 1e-7
+    # h = 1e-7: every weight moves at once, and with ~20k ReLUs a larger step can push one across 0
+    assert check_directional(loss, params, grads, h=1e-7) < 1e-7
     if norm != "bn":  # (BN in training mode: the image gradient is checked on a subset below)
         num = numerical_gradient(lambda _: loss(), x, indices=range(0, x.size, 97))
         assert rel_error(dx.reshape(-1)[::97], num.reshape(-1)[::97]) < 1e-7

@@ -210,3 +210,14 @@ def test_bad_training_input_is_named(bad, message):
     model = MaskRCNN(configs.tiny(num_classes=3, min_size=64, max_size=64))
     with pytest.raises(ValueError, match=message):
         model.forward_train(*bad(im, t))
+
+
+def test_config_refuses_unknown_choices_and_incompatible_options():
+    with pytest.raises(ValueError, match="roi_op must be one of"):
+        configs.tiny(num_classes=3, roi_op="bilinear")
+    with pytest.raises(ValueError, match="class_agnostic_masks"):
+        configs.tiny(num_classes=3, mask_loss="softmax", class_agnostic_masks=True)
+    with pytest.raises(ValueError, match="unknown config fields: colour"):
+        configs.tiny(num_classes=3).replace(colour="red")
+    cfg = configs.tiny(num_classes=3)
+    assert MaskRCNNConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

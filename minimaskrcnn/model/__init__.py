@@ -1,5 +1,6 @@
 """The networks: ResNet + FPN backbone, RPN, RoI heads, and Mask R-CNN assembled."""
 from .mask_rcnn import MaskRCNN
+from .mask_rcnn_c4 import MaskRCNNC4
 
 
 def build_model(config):
@@ -7,9 +8,8 @@ def build_model(config):
     if config.architecture == "fpn":
         return MaskRCNN(config)
     if config.architecture == "c4":
-        from .mask_rcnn_c4 import MaskRCNNC4
         return MaskRCNNC4(config)
     raise ValueError(f"unknown architecture {config.architecture!r} (expected 'fpn' or 'c4')")
 
 
-__all__ = ["MaskRCNN", "build_model"]
+__all__ = ["MaskRCNN", "MaskRCNNC4", "build_model"]

@@ -99,6 +99,9 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def named_children(self):
+        return iter(self._modules.items())
+
     def named_parameters(self, prefix: str = ""):
         """(name, Parameter) for every parameter, this module's first, then each child's in order."""
         for mod_name, m in self.named_modules(prefix):

@@ -57,7 +57,8 @@ def project_masks_on_boxes(gt_masks, boxes, matched_idxs, M: int, impl: str = "n
     features = gt_masks.astype(dtype, copy=False)[:, None]  # (G, 1, H, W): one "image" per GT mask
     out, _ = roi_align_forward(features, rois, (int(M), int(M)), spatial_scale=1.0, sampling_ratio=-1,
                                aligned=False, impl=impl)
-    return out[:, 0]
+    # RoIAlign of a 0/1 mask lies in [0, 1]; float32 round-off can step past 1 by an ulp
+    return xp.clip(out[:, 0], 0, 1)
 
 
 def expand_boxes(boxes, scale: float):
