@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "shapes"
+DEFAULT_DATA = Path("data") / "shapes"  # relative to where the command runs (the README runs it from the repo root)
 
 
 class UserError(Exception):
