@@ -155,8 +155,9 @@ class MaskRCNN(nn.Module):
             r = {"boxes": boxes, "labels": to_numpy(d["labels"]).astype(np.int64),
                  "scores": to_numpy(d["scores"]).astype(np.float32)}
             if "mask_probs" in d:
-                masks = paste_masks_in_image(to_numpy(d["mask_probs"]).astype(np.float32), boxes, orig, threshold=None)
-                r["masks"] = masks if mask_threshold is None else masks >= mask_threshold
+                # soft probabilities, or binarised while pasting (``prob > threshold``; the paper's 0.5)
+                r["masks"] = paste_masks_in_image(to_numpy(d["mask_probs"]).astype(np.float32), boxes, orig,
+                                                  threshold=mask_threshold)
             if score_threshold is not None:
                 keep = r["scores"] >= score_threshold
                 r = {k: v[keep] for k, v in r.items()}

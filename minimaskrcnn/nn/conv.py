@@ -263,7 +263,12 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
     x3 = x.reshape(N, G, C // G, H * W)
     # (G, K, C/G) @ (N, G, C/G, HW) -> (N, G, K, HW): every input pixel's kh x kw patch, then scatter.
     cols = xp.matmul(w.reshape(G, C // G, K).swapaxes(-1, -2), x3)
-    out = col2im(cols.reshape(N, G * K, H * W), (N, c_out, Ho, Wo), kh, kw, stride, padding, (1, 1))
+    if (kh, kw) == stride and padding == (0, 0) and output_padding == (0, 0):
+        # Patches exactly tile the output (the mask head's 2x2 / 2): no overlap, so the scatter is a
+        # reshuffle, (N, C_out, kh, kw, H, W) -> (N, C_out, H, kh, W, kw).
+        out = cols.reshape(N, c_out, kh, kw, H, W).transpose(0, 1, 4, 2, 5, 3).reshape(N, c_out, Ho, Wo)
+    else:
+        out = col2im(cols.reshape(N, G * K, H * W), (N, c_out, Ho, Wo), kh, kw, stride, padding, (1, 1))
     if b is not None:
         out += b.reshape(1, -1, 1, 1)
     return out, (x, w, b is not None, stride, padding, groups)
