@@ -130,7 +130,7 @@ class Trainer:
                 self.log["seconds"].append(time.perf_counter() - t0)
                 for k, v in losses.items():  # exponential moving averages for a readable bar
                     smooth[k] = v if k not in smooth else 0.9 * smooth[k] + 0.1 * v
-                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in smooth.items()} | {"lr": f"{lr:.4f}"})
+                bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in smooth.items()} | {"lr": f"{lr:.2g}"})
                 bar.update(1)
                 if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
                     self.save()
