@@ -86,7 +86,7 @@ def build(cfg):
 
 
 def to_torch(images, targets):
-    ims = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255 for im in images]
+    ims = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in images]  # (a writable copy)
     tgs = [{"boxes": torch.from_numpy(t["boxes"]).float(), "labels": torch.from_numpy(t["labels"]),
             "masks": torch.from_numpy(t["masks"])} for t in targets]
     return ims, tgs
