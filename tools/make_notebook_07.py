@@ -60,7 +60,7 @@ yet; section 3 shows the difference.) Set `FULL = True` to evaluate the demo's m
 code("""
 # Parameters (defaults keep the notebook well under a minute on a laptop CPU)
 FULL = False          # True: evaluate CHECKPOINT (default: the demo's runs/demo/last.npz) on data/shapes val
-CHECKPOINT = None     # a training checkpoint (last.npz) to evaluate; None with FULL: the demo's
+CHECKPOINT = None     # a checkpoint (last.npz) trained on the shapes set; None with FULL: the demo's
 SEED = 0
 NUM_TRAIN, NUM_VAL = 4, 16
 IMAGE_SIZE = 64       # pixels; the short run trains at this size
@@ -247,7 +247,7 @@ md("""
 ### 1.3 Score threshold, per-class NMS, top k
 
 * keep candidates with probability **> 0.05** (most are near-certain background);
-* drop boxes narrower or lower than 0.01 px (clipping can flatten a box against the border);
+* drop boxes narrower or shorter than 0.01 px (clipping can flatten a box against the border);
 * **NMS per class at IoU 0.5**: within each class, walk down the scores and drop every box that overlaps an
   already kept one by more than 0.5. A circle box never suppresses a rectangle box: different classes may
   overlap (and near-duplicates of *different* classes survive, each with its own score);
