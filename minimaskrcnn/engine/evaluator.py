@@ -64,7 +64,7 @@ def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id:
             raise ValueError(f"prediction for image {image_id}: masks must be (D, H, W) = {expected}, "
                              f"got {masks.shape}")
         if masks.dtype.kind == "f":
-            masks = masks >= 0.5
+            masks = masks > 0.5  # as the paper binarises and torchvision evaluates: prob > 0.5
         rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
         for result, rle in zip(results, rles, strict=True):
             result["segmentation"] = {"size": [int(s) for s in rle["size"]],

@@ -59,7 +59,7 @@ def draw_instances(image, boxes=None, labels=None, masks=None, scores=None, clas
     ax.imshow(image)
     if masks is not None and keep.any():
         masks = np.asarray(masks)[keep]
-        masks = masks >= 0.5 if masks.dtype.kind == "f" else masks.astype(bool)
+        masks = masks > 0.5 if masks.dtype.kind == "f" else masks.astype(bool)
         # One RGBA layer for all masks (later instances on top): a single artist however many instances.
         overlay = np.zeros(image.shape[:2] + (4,))
         for mask, label in zip(masks, labels[keep], strict=True):
