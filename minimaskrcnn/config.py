@@ -157,7 +157,7 @@ def tiny(num_classes: int, **overrides) -> MaskRCNNConfig:
         num_classes=num_classes, depth=18, norm="bn", stage_widths=(16, 32, 64, 128), stem_channels=16,
         frozen_stages=0, fpn_channels=64, anchor_sizes=((16,), (32,), (64,), (128,), (256,)),
         rpn_pre_nms_top_n=(600, 300), rpn_post_nms_top_n=(300, 150), rpn_batch_size_per_image=128,
-        representation_size=256, mask_layers=(64, 64), mask_dim_reduced=64, box_batch_size_per_image=128,
+        representation_size=256, mask_layers=(32, 32), mask_dim_reduced=32, box_batch_size_per_image=128,
         min_size=128, max_size=128, images_per_batch=4, lr=0.02, warmup_iters=100, lr_steps=(1900,),
         max_iters=2400, detections_per_img=30)
     return _with(cfg, overrides)
