@@ -135,14 +135,26 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
     G = groups
     if _use_row_shifts(w.shape, stride, padding, dilation):
-        shifted = row_shifts(x, kw, padding, dilation).reshape(N, G, cg * kw, -1)  # (N, G, Cg*kw, Hp*Wo)
+        # The whole batch as one tall image: images stacked vertically, each with its padding rows, so
+        # each kernel row is a single GEMM over every image at once (see row_shifts).
+        shifted = row_shifts(x, kw, padding, dilation).reshape(G, cg * kw, -1)      # (G, Cg*kw, N*Hp*Wo)
         w_rows = _kernel_rows(w, G)                                                  # (kh, G, Co/G, Cg*kw)
+        Hp = H + 2 * padding[0]
+        L = ((N - 1) * Hp + Ho) * Wo            # the tall image's output rows, up to the last image's last
         out = None
         for i in range(kh):
-            # Kernel row i reads the shifted images i*dh rows further down: a view, no copy.
-            view = shifted[..., i * dilation[0] * Wo:(i * dilation[0] + Ho) * Wo]
-            part = xp.matmul(w_rows[i], view)                                        # (N, G, Co/G, Ho*Wo)
+            # Kernel row i reads the rows i*dh further down: a contiguous slice (a view, no copy).
+            start = i * dilation[0] * Wo
+            part = xp.matmul(w_rows[i], shifted[..., start:start + L])               # (G, Co/G, L)
             out = part if out is None else xp.add(out, part, out=out)
+        # Image n's output rows start at row n*Hp; the dh*(kh-1) rows after them straddle two images and
+        # are dropped. (One image needs no copy: its rows are the whole array.)
+        if N == 1:
+            out = out.reshape(1, c_out, Ho, Wo)
+        else:
+            item = out.itemsize
+            out = as_strided(out, (c_out, N, Ho, Wo), (L * item, Hp * Wo * item, Wo * item, item))
+            out = out.transpose(1, 0, 2, 3).copy()
         cache = ("rows", shifted, w, b is not None, x.shape, stride, padding, dilation, G)
     else:
         K = cg * kh * kw
@@ -176,10 +188,20 @@ def conv2d_backward(dout, cache):
     d3 = dout.reshape(N, G, c_out // G, Ho * Wo)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     if kind == "rows":
+        H = x_shape[2]
+        Hp = H + 2 * padding[0]
+        L = ((N - 1) * Hp + Ho) * Wo
+        # dout laid out like the tall output: each image's Ho rows, then zero rows where outputs were dropped
+        if N == 1:
+            d_tall = dout.reshape(G, c_out // G, L)
+        else:
+            d_tall = xp.zeros((c_out, N, Hp, Wo), dtype=dout.dtype)
+            d_tall[:, :, :Ho] = dout.transpose(1, 0, 2, 3)
+            d_tall = d_tall.reshape(G, c_out // G, N * Hp * Wo)[..., :L]
         rows = []
         for i in range(kh):
-            view = cols[..., i * dilation[0] * Wo:(i * dilation[0] + Ho) * Wo]      # (N, G, Cg*kw, Ho*Wo)
-            rows.append(xp.matmul(d3, view.swapaxes(-1, -2)).sum(axis=0))           # (G, Co/G, Cg*kw)
+            start = i * dilation[0] * Wo
+            rows.append(xp.matmul(d_tall, cols[..., start:start + L].swapaxes(-1, -2)))  # (G, Co/G, Cg*kw)
         dw = xp.stack(rows).reshape(kh, G, c_out // G, cg, kw).transpose(1, 2, 3, 0, 4).reshape(w.shape)
         w_flip = w[:, :, ::-1, ::-1].reshape(G, c_out // G, cg, kh, kw).transpose(0, 2, 1, 3, 4)
         w_flip = xp.ascontiguousarray(w_flip.reshape(G * cg, c_out // G, kh, kw))
@@ -201,26 +223,30 @@ def _use_row_shifts(w_shape, stride, padding, dilation):
 
 
 def row_shifts(x, kw, padding=(0, 0), dilation=(1, 1)):
-    """The stride-1 alternative to :func:`im2col`: ``kw`` horizontally shifted copies of the padded image.
+    """The stride-1 alternative to :func:`im2col`: ``kw`` horizontally shifted copies of the padded batch,
+    with the N images stacked vertically into one tall image.
 
-    ``out[n, c, j, y, x] = x_pad[n, c, y, x + j*dw]`` for the ``Wo`` output columns, stored row-major as
-    (N, C*kw, Hp*Wo). Kernel row ``i`` then needs the same rows ``i*dh`` further down, which in row-major
-    order is the contiguous slice starting at ``i*dh*Wo``: the kh vertical taps cost no copy at all.
+    ``out[c, j, n, y, x] = x_pad[n, c, y, x + j*dw]`` for the ``Wo`` output columns, stored row-major as
+    (C*kw, N*Hp*Wo). Kernel row ``i`` then needs the same rows ``i*dh`` further down, which in row-major
+    order is the contiguous slice starting at ``i*dh*Wo``: the kh vertical taps cost no copy at all. Near
+    the bottom of each image that slice runs into the next image's (padding) rows; those outputs are the
+    ones :func:`conv2d_forward` drops (a waste of dh*(kh-1) rows in Hp, 2 in 16 for 14x14 RoI features).
 
     Returns:
-        (N, C*kw, Hp*Wo) with Hp the padded height.
+        (C*kw, N*Hp*Wo) with Hp the padded height.
     """
     xp = get_xp(x)
     N, C, H, W = x.shape
     (ph, pw), (_, dw) = padding, dilation
     Hp, Wp = H + 2 * ph, W + 2 * pw
     Wo = Wp - dw * (kw - 1)
-    out = xp.zeros((N, C, kw, Hp, Wo), dtype=x.dtype)
+    out = xp.zeros((C, kw, N, Hp, Wo), dtype=x.dtype)
+    xc = x.transpose(1, 0, 2, 3)                                   # (C, N, H, W): channels outermost
     for j in range(kw):
         # columns of x that land in output columns [lo, hi) for horizontal tap j
         lo, hi = max(0, pw - j * dw), min(Wo, W + pw - j * dw)
-        out[:, :, j, ph:ph + H, lo:hi] = x[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
-    return out.reshape(N, C * kw, Hp * Wo)
+        out[:, j, :, ph:ph + H, lo:hi] = xc[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
+    return out.reshape(C * kw, N * Hp * Wo)
 
 
 def _kernel_rows(w, G):
