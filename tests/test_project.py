@@ -36,3 +36,15 @@ def test_ruff_lint_is_clean():
     result = subprocess.run([ruff, "check", "minimaskrcnn", "tests", "tools", "bench"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notebooks_are_committed_without_outputs():
+    """Outputs are made by running the notebooks (the test command does); committed ones stay clean."""
+    import json
+    dirty = []
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None):
+                dirty.append(path.name)
+                break
+    assert not dirty, f"notebooks with outputs (clear them before committing): {dirty}"
