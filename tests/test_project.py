@@ -48,3 +48,16 @@ def test_notebooks_are_committed_without_outputs():
                 dirty.append(path.name)
                 break
     assert not dirty, f"notebooks with outputs (clear them before committing): {dirty}"
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "tools").glob("make_notebook_*.py")), ids=lambda p: p.stem)
+def test_notebook_matches_its_generator_script(script, monkeypatch):
+    """A notebook edited by hand but not in tools/make_notebook_NN.py would be lost at the next rebuild."""
+    import json
+    import runpy
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    builder = runpy.run_path(str(script))["NB"]          # collects the cells; writes nothing
+    built = [(c.cell_type, c.source, dict(c.metadata)) for c in builder.cells]
+    cells = json.loads(builder.path.read_text())["cells"]
+    committed = [(c["cell_type"], "".join(c["source"]), c["metadata"]) for c in cells]
+    assert built == committed, f"{builder.path.name} differs from {script.name}: run `python tools/{script.name}`"

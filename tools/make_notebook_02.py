@@ -1,21 +1,11 @@
 """Build notebooks/02_backbone_fpn.ipynb (without outputs) from the cells below.
 
-    /work/devenv/bin/python tools/make_notebook_02.py
+    python tools/make_notebook_02.py
 """
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CELLS = []
-
-
-def md(text):
-    CELLS.append(new_markdown_cell(text.strip()))
-
-
-def code(text):
-    CELLS.append(new_code_cell(text.strip()))
+NB = NotebookBuilder("02_backbone_fpn.ipynb")
+md, code = NB.md, NB.code
 
 
 md(r"""
@@ -705,15 +695,5 @@ md("""
 """)
 
 
-def main():
-    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                            "name": "python3"},
-                                             "language_info": {"name": "python"}})
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "02_backbone_fpn.ipynb"
-    path.parent.mkdir(exist_ok=True)
-    nbformat.write(nb, path)
-    print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    main()
+    NB.write()

@@ -1,21 +1,11 @@
 """Build notebooks/06_training.ipynb (without outputs) from the cells below.
 
-    /work/devenv/bin/python tools/make_notebook_06.py
+    python tools/make_notebook_06.py
 """
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CELLS = []
-
-
-def md(text):
-    CELLS.append(new_markdown_cell(text.strip()))
-
-
-def code(text):
-    CELLS.append(new_code_cell(text.strip()))
+NB = NotebookBuilder("06_training.ipynb")
+md, code = NB.md, NB.code
 
 
 md(r"""
@@ -560,15 +550,5 @@ md("""
 """)
 
 
-def main():
-    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                            "name": "python3"},
-                                             "language_info": {"name": "python"}})
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "06_training.ipynb"
-    path.parent.mkdir(exist_ok=True)
-    nbformat.write(nb, path)
-    print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    main()
+    NB.write()

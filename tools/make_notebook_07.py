@@ -1,21 +1,11 @@
 """Build notebooks/07_inference_and_evaluation.ipynb (without outputs) from the cells below.
 
-    /work/devenv/bin/python tools/make_notebook_07.py
+    python tools/make_notebook_07.py
 """
-from pathlib import Path
+from notebook_builder import NotebookBuilder
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-CELLS = []
-
-
-def md(text):
-    CELLS.append(new_markdown_cell(text.strip()))
-
-
-def code(text):
-    CELLS.append(new_code_cell(text.strip()))
+NB = NotebookBuilder("07_inference_and_evaluation.ipynb")
+md, code = NB.md, NB.code
 
 
 md(r"""
@@ -886,15 +876,5 @@ iterations.
 """)
 
 
-def main():
-    nb = new_notebook(cells=CELLS, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                            "name": "python3"},
-                                             "language_info": {"name": "python"}})
-    path = Path(__file__).resolve().parents[1] / "notebooks" / "07_inference_and_evaluation.ipynb"
-    path.parent.mkdir(exist_ok=True)
-    nbformat.write(nb, path)
-    print(f"wrote {path}")
-
-
 if __name__ == "__main__":
-    main()
+    NB.write()
