@@ -1,7 +1,7 @@
 """Same budget, same data: torchvision's Mask R-CNN trained with our ``tiny`` configuration, for comparison.
 
     pip install torch==2.14.1 torchvision==0.29.1        # bench only; never needed by the package or CI
-    python bench/train_torchvision.py --data data/shapes --iters 2000 --eval-at 1000 2000 --out runs/tv
+    python bench/train_torchvision.py --data data/shapes --iters 2400 --eval-at 1200 2400
 
 Builds torchvision's ``MaskRCNN`` with every architectural and training setting of
 ``minimaskrcnn.config.tiny`` (ResNet-18 layout with the same narrow stages and trainable BN, FPN width,
@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -129,7 +130,7 @@ def main():
     loader = DataLoader(train, cfg.images_per_batch, seed=cfg.seed, hflip_prob=cfg.hflip_prob)
     print(json.dumps({"torchvision_params": sum(p.numel() for p in model.parameters()), "iters": iters}), flush=True)
     train_seconds = 0.0
-    for it in range(iters):
+    for it in tqdm(range(iters), desc="torchvision train", mininterval=5):
         for g in opt.param_groups:
             g["lr"] = schedule(it)
         ims, tgs = to_torch(*next(loader))
