@@ -89,18 +89,13 @@ def scatter_add(a, indices, values) -> None:
     """In place ``a[indices] += values`` where repeated indices accumulate.
 
     ``np.add.at`` on NumPy, ``cupyx.scatter_add`` on CuPy (the two libraries spell this differently).
-    For the common case of one flat integer index array, ``np.bincount`` is much faster than
-    ``np.add.at`` and is used instead.
+    Not ``np.bincount(..., minlength=a.size)``: that makes a float64 temporary the size of ``a`` (for RoIPool's
+    backward, all the features), which costs more than the scatter when the indices touch a small part.
     """
     if is_cupy(a):
         _cupyx.scatter_add(a, indices, values)
-        return
-    if (isinstance(indices, np.ndarray) and indices.ndim == 1 and a.ndim == 1
-            and np.issubdtype(indices.dtype, np.integer)):
-        a += np.bincount(indices, weights=np.broadcast_to(values, indices.shape).astype(np.float64, copy=False),
-                         minlength=a.shape[0])[: a.shape[0]].astype(a.dtype, copy=False)
-        return
-    np.add.at(a, indices, values)
+    else:
+        np.add.at(a, indices, values)
 
 
 def as_strided(x, shape, strides):

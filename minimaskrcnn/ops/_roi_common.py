@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy, scatter_add
+from ..backend import get_xp, is_cupy, to_numpy
 
 # Feature-map coordinates beyond this are refused: the kernels convert them to C ``int`` and float32
 # holds every integer only up to 2**24, so larger values could neither be rounded nor indexed safely.
@@ -74,28 +74,20 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
     rois = rois.astype(features.dtype)  # a contiguous copy in the kernels' element type
     finite = xp.isfinite(rois).all(axis=1)
     if not bool(finite.all()):
-        bad = np.flatnonzero(~_host(finite))[:5].tolist()
+        bad = np.flatnonzero(~to_numpy(finite))[:5].tolist()
         raise ValueError(f"{op}: rois has NaN or infinite values in rows {bad}")
     batch = rois[:, 0]
     bad_batch = (batch != xp.floor(batch)) | (batch < 0) | (batch >= N)
     if bool(bad_batch.any()):
-        rows = np.flatnonzero(_host(bad_batch))[:5].tolist()
+        rows = np.flatnonzero(to_numpy(bad_batch))[:5].tolist()
         raise ValueError(f"{op}: rois[:, 0] must be integer batch indices in [0, {N}) (features has "
-                         f"N={N}), got {_host(batch)[rows].tolist()} in rows {rows}")
+                         f"N={N}), got {to_numpy(batch)[rows].tolist()} in rows {rows}")
     too_far = xp.abs(rois[:, 1:]).max(axis=1) * spatial_scale > MAX_COORDINATE
     if bool(too_far.any()):
-        rows = np.flatnonzero(_host(too_far))[:5].tolist()
+        rows = np.flatnonzero(to_numpy(too_far))[:5].tolist()
         raise ValueError(f"{op}: rois in rows {rows} have coordinates whose magnitude times spatial_scale "
                          f"exceeds {MAX_COORDINATE:.0f} feature-map cells")
     return rois, (ph, pw)
-
-
-def _host(a):
-    """A small array (sizes, an error report) as NumPy, whichever library holds it."""
-    return a.get() if is_cupy(a) else np.asarray(a)
-
-
-host = _host
 
 
 def check_int32_sizes(*sizes):
@@ -124,16 +116,16 @@ def channels_last(features):
     return xp.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(N * H * W, C)
 
 
-def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES, padded: bool = True):
+def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES):
     """Split ``range(len(sizes))`` into index arrays, smallest ``sizes`` first, each chunk's cost
-    ``len(chunk) * max(sizes[chunk]) * bytes_per_unit`` (``padded``; else ``len(chunk) * bytes_per_unit``)
-    staying near ``budget``, with at least one item per chunk.
+    ``len(chunk) * max(sizes[chunk]) * bytes_per_unit`` staying near ``budget``, with at least one item
+    per chunk.
 
     Chunks are padded to their largest member; sorting by size first keeps that padding small.
     """
     sizes = np.asarray(sizes)
     order = np.argsort(sizes, kind="stable")
-    sorted_sizes = np.maximum(sizes[order], 1) if padded else np.ones(len(order), dtype=np.int64)
+    sorted_sizes = np.maximum(sizes[order], 1)
     start = 0
     while start < len(order):
         # Largest count n with n * sorted_sizes[start + n - 1] * bytes_per_unit <= budget.
@@ -151,18 +143,6 @@ def bins_to_kchw(rows, PH: int, PW: int):
 def kchw_to_bins(a):
     """``(k, C, PH, PW)`` -> ``(k*PH*PW, C)`` rows, one per bin (a copy)."""
     return get_xp(a).ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
-
-
-def scatter_add_flat(a, index, values) -> None:
-    """``a[index] += values`` for a flat array ``a``, repeated indices accumulating.
-
-    On NumPy, ``np.add.at``: unlike ``np.bincount(..., minlength=a.size)`` it makes no temporary the size
-    of ``a`` (all the features), which costs more than the scatter when the RoIs touch a small part.
-    """
-    if isinstance(a, np.ndarray):
-        np.add.at(a, index, values)
-    else:
-        scatter_add(a, index, values)
 
 
 def max_and_argmax(block):
@@ -198,7 +178,7 @@ def sparse_rows_matmul(rows, cols, vals, dense):
     counts = xp.bincount(rows)
     starts = xp.cumsum(counts) - counts
     used = xp.flatnonzero(counts)
-    for chunk in chunks_by_size(_host(counts[used]), dense.shape[1] * dense.itemsize):
+    for chunk in chunks_by_size(to_numpy(counts[used]), dense.shape[1] * dense.itemsize):
         r = used[xp.asarray(chunk)]
         n = counts[r]
         slots = xp.arange(int(n.max()))

@@ -26,14 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
     check_roi_inputs,
     chunks_by_size,
-    host,
     kchw_to_bins,
     max_and_argmax,
     output_size_pair,
@@ -174,7 +173,7 @@ def _axis_points(start, length, n_bins: int, sampling_ratio: int):
     if sampling_ratio > 0:
         grid = xp.full(start.shape, sampling_ratio, dtype=np.int64)
     else:  # adaptive: ceil(bin size) points, none for an inverted (aligned) RoI
-        grid = xp.maximum(xp.ceil(length / dtype(n_bins)), 0).astype(np.int64)
+        grid = xp.maximum(xp.ceil(bin_size), 0).astype(np.int64)
     G = max(int(grid.max()) if grid.size else 1, 1)
     # coord[k, b, g] = start + b * bin + (g + 0.5) * bin / grid, evaluated left to right as in C.
     b = xp.arange(n_bins, dtype=start.dtype)[None, :, None]
@@ -275,7 +274,7 @@ def _avg_blocks(rois, cache: RoIAlignCache, row_bytes: int):
     xi, xw, nx = _merge(x)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
-    for ks in chunks_by_size(host(cells), row_bytes):
+    for ks in chunks_by_size(to_numpy(cells), row_bytes):
         ks = xp.asarray(ks)
         Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
         rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
@@ -332,7 +331,7 @@ def _max_blocks(rois, cache, row_bytes):
     y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
                         cache.aligned, cache.quantize, H, W)
     batch = rois[:, 0].astype(np.int64)
-    for ks in chunks_by_size(host(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
+    for ks in chunks_by_size(to_numpy(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
         ks = xp.asarray(ks)
         k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
         rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)

@@ -22,18 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, scatter_add, to_numpy
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
     check_roi_inputs,
     chunks_by_size,
-    host,
     max_and_argmax,
     output_size_pair,
     round_half_away_from_zero,
-    scatter_add_flat,
 )
 from .rawkernel import get_kernel, launch_1d
 
@@ -93,7 +91,7 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     won = cache.argmax >= 0                                                        # False: empty bin
     dF = xp.zeros(N * C * H * W, dtype=dout.dtype)
     if K:
-        scatter_add_flat(dF, (plane + cache.argmax)[won], dout[won])
+        scatter_add(dF, (plane + cache.argmax)[won], dout[won])
     return dF.reshape(N, C, H, W)
 
 
@@ -142,7 +140,7 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
-    for ks in chunks_by_size(host(cells), C * features.itemsize):
+    for ks in chunks_by_size(to_numpy(cells), C * features.itemsize):
         ks = xp.asarray(ks)
         Lh = max(int((h1[ks] - h0[ks]).max()), 1)
         Lw = max(int((w1[ks] - w0[ks]).max()), 1)
