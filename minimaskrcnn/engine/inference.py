@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluator import CocoEvaluator
+from .evaluator import evaluate_predictions
 
 
 def predict_dataset(model, dataset, batch_size: int = 8, progress: bool = True, desc: str = "predict"):
@@ -27,8 +27,5 @@ def evaluate_model(model, dataset, batch_size: int = 8, out_dir=None, verbose: b
     COCOeval's 12 numbers each (``AP``, ``AP50``, ``AP75``, ...).
     """
     preds = predict_dataset(model, dataset, batch_size, progress, desc="evaluate")
-    ev = CocoEvaluator.from_dataset(dataset)
-    for i, p in enumerate(preds):
-        ev.update(dataset.image_ids[i], p)
-    metrics = ev.evaluate(out_dir=out_dir, verbose=verbose)
+    metrics, ev = evaluate_predictions(dataset, preds, out_dir, verbose)
     return metrics, ev, preds

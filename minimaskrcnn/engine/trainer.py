@@ -9,7 +9,6 @@ weights that uninterrupted training would have.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 
@@ -64,6 +63,9 @@ class Trainer:
                 "rng": self.model.rng.bit_generator.state, "config": self.model.config.to_dict()}
         arrays["meta.json"] = np.array(json.dumps(meta))  # a unicode string array: loads without pickle
         save_npz(self.checkpoint_path, arrays)
+        self._save_log()
+
+    def _save_log(self) -> None:
         _write_json_atomic(os.path.join(self.out_dir, "log.json"), self.log)
 
     def load(self, path=None) -> None:
@@ -123,8 +125,8 @@ class Trainer:
             while self.iteration < self.max_iters:
                 t0 = time.perf_counter()
                 images, targets = next(self.loader)
-                lr = self.schedule(self.iteration)
                 losses = self.step(images, targets)
+                lr = self.optimizer.lr
                 self.log["losses"].append(losses)
                 self.log["lr"].append(lr)
                 self.log["seconds"].append(time.perf_counter() - t0)
@@ -132,16 +134,17 @@ class Trainer:
                     smooth[k] = v if k not in smooth else 0.9 * smooth[k] + 0.1 * v
                 bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in smooth.items()} | {"lr": f"{lr:.2g}"})
                 bar.update(1)
-                if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
-                    self.save()
-                if self.eval_fn and self.eval_every and self.iteration % self.eval_every == 0 \
-                        and self.iteration < self.max_iters:
-                    self._evaluate()
+                if self.iteration < self.max_iters:   # the last iteration is saved once, below
+                    if self.checkpoint_every and self.iteration % self.checkpoint_every == 0:
+                        self.save()
+                    if self.eval_fn and self.eval_every and self.iteration % self.eval_every == 0:
+                        self._evaluate()
         finally:
             bar.close()
+        self.save()               # before the final evaluation, so that a failing one loses no training
         if self.eval_fn:
             self._evaluate()
-        self.save()
+            self._save_log()
         return self.log
 
     def _evaluate(self):
@@ -164,6 +167,4 @@ def _write_json_atomic(path, obj) -> None:
 def _json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

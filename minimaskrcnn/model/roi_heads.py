@@ -25,7 +25,7 @@ from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross
 from ..ops.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from ..ops.masks import project_masks_on_boxes
 from ..ops.matcher import Matcher
-from ..ops.poolers import multiscale_roi_backward, multiscale_roi_forward
+from ..ops.poolers import infer_scale, multiscale_roi_backward, multiscale_roi_forward
 from ..ops.sampler import BalancedPositiveNegativeSampler
 
 
@@ -142,10 +142,10 @@ class MaskMLPPredictor(nn.Module):
 
 
 def infer_scales(features, image_sizes):
-    """Spatial scale of each level, ``2 ** round(log2(feature size / image size))`` (torchvision's
-    ``MultiScaleRoIAlign.infer_scale``, from the largest image of the batch)."""
-    max_h = max(int(h) for h, _ in image_sizes)
-    return [float(2.0 ** round(np.log2(f.shape[-2] / max_h))) for f in features]
+    """Spatial scale of each level (:func:`~minimaskrcnn.ops.poolers.infer_scale`), measured against the
+    largest image of the batch, as torchvision's ``MultiScaleRoIAlign`` does."""
+    max_size = (max(int(h) for h, _ in image_sizes), max(int(w) for _, w in image_sizes))
+    return [infer_scale(f.shape[-2:], max_size) for f in features]
 
 
 def boxes_to_rois(boxes_per_image, xp):
