@@ -30,28 +30,19 @@ def load_checkpoint_model(path, device="cpu", config_name=None, num_classes=None
     """A model from a checkpoint: a training checkpoint carries its config; a plain weights file (e.g. a
     converted torchvision model) needs ``config_name`` and ``num_classes``."""
     from .config import MaskRCNNConfig, get_config
-    from .nn.module import load_npz
+    from .engine.trainer import load_state_checked, read_checkpoint
 
     if not os.path.exists(path):
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        arrays = load_npz(path)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if "meta.json" in arrays:
-        meta = json.loads(str(arrays["meta.json"]))
+    meta, state, _ = read_checkpoint(path)
+    if meta is not None:
         config = MaskRCNNConfig.from_dict(meta["config"])
-        state = {k[6:]: v for k, v in arrays.items() if k.startswith("model.")}
     else:
         if config_name is None or num_classes is None:
             raise UserError(f"{path}: a weights-only file; give --config and --num-classes to build its model")
         config = get_config(config_name, num_classes)
-        state = arrays
     model = build_model(config, device)
-    try:
-        model.load_state_dict(state)
-    except ValueError as e:
-        raise UserError(f"{path}: {e}") from None
+    load_state_checked(model, state, path)
     return model
 
 
@@ -250,7 +241,7 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "pre
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     from .data.coco import DatasetError
-    from .engine.trainer import TrainingDiverged
+    from .engine.trainer import CheckpointError, TrainingDiverged
 
     try:
         if getattr(args, "device", "cpu") == "cuda":
@@ -258,7 +249,7 @@ def main(argv=None) -> int:
             if not cupy_available():
                 raise UserError("--device cuda needs CuPy and a CUDA GPU (pip install cupy-cuda12x)")
         COMMANDS[args.command](args)
-    except (UserError, DatasetError, TrainingDiverged, FileNotFoundError, FileExistsError) as e:
+    except (UserError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError) as e:
         if getattr(args, "debug", False):
             raise
         print(f"minimaskrcnn {args.command}: error: {e}", file=sys.stderr)

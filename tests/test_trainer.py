@@ -80,6 +80,20 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert code == 1 and "annotation file not found" in capsys.readouterr().err
 
 
+def test_cli_resume_from_a_bad_checkpoint_is_one_line(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.npz").write_bytes(b"truncated")
+    args = ["train", "--data", str(shapes), "--iters", "1", "--out", str(out), "--resume"]
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "last.npz" in err[0] and "not a zip archive" in err[0]
+    np.savez(out / "last.npz", weights=np.zeros(3))            # a weights-only file, not a training checkpoint
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "not a training checkpoint" in err[0]
+
+
 def test_cli_train_evaluate_predict_round_trip(shapes, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(shapes), "--config", "tiny", "--iters", "2", "--out", str(out),

@@ -80,7 +80,7 @@ from minimaskrcnn.cli import DEFAULT_DATA
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader
-from minimaskrcnn.engine.trainer import LOSS_NAMES, Trainer, TrainingDiverged
+from minimaskrcnn.engine.trainer import LOSS_NAMES, Trainer, TrainingDiverged, read_checkpoint
 from minimaskrcnn.model import build_model
 from minimaskrcnn.nn.module import load_npz
 from minimaskrcnn.nn.optim import SGD, WarmupMultiStepLR
@@ -432,7 +432,8 @@ b.train()
 c = fresh_trainer(base / "straight", 2 * K)
 c.train()
 d = fresh_trainer(base / "weights_only", 2 * K)
-d.model.load_state_dict({k[6:]: v for k, v in load_npz(a.checkpoint_path).items() if k.startswith("model.")})
+_, weights, _ = read_checkpoint(a.checkpoint_path)     # the model.* arrays only
+d.model.load_state_dict(weights)
 d.iteration = K                                       # same learning rate; but no momentum, loader or rng state
 d.train()
 print(f"4 runs, {2 * K + 2 * K + K + K} iterations: {time.perf_counter() - t0:.1f} s")

@@ -25,6 +25,36 @@ class TrainingDiverged(RuntimeError):
     """A loss or gradient became NaN or infinite; the message names it and the last good checkpoint."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: not a readable plain-array ``.npz``, or not for this model."""
+
+
+def read_checkpoint(path):
+    """The parts of a checkpoint that :meth:`Trainer.save` wrote: ``(meta, model_state, optim_state)``.
+
+    A weights-only ``.npz`` (e.g. converted from torchvision) has no ``meta.json``: it gives
+    ``(None, all its arrays, {})``. Raises :class:`CheckpointError` for a file that is not a plain ``.npz``.
+    """
+    try:
+        arrays = load_npz(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    if "meta.json" not in arrays:
+        return None, arrays, {}
+    meta = json.loads(str(arrays["meta.json"]))
+    model_state = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
+    optim_state = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
+    return meta, model_state, optim_state
+
+
+def load_state_checked(module, state, path) -> None:
+    """``module.load_state_dict(state)``, its error (missing, unexpected, mismatched keys) naming ``path``."""
+    try:
+        module.load_state_dict(state)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
 class Trainer:
     """Train ``model`` on batches from ``loader`` for ``max_iters`` iterations.
 
@@ -71,13 +101,12 @@ class Trainer:
     def load(self, path=None) -> None:
         """Restore weights, optimizer, iteration, loader position and random state from a checkpoint."""
         path = self.checkpoint_path if path is None else path
-        arrays = load_npz(path)
-        if "meta.json" not in arrays:
-            raise ValueError(f"{path}: not a training checkpoint (no meta.json entry); "
-                             "to start from weights only, use model.load_state_dict")
-        meta = json.loads(str(arrays["meta.json"]))
-        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model.")})
-        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("optim.")})
+        meta, model_state, optim_state = read_checkpoint(path)
+        if meta is None:
+            raise CheckpointError(f"{path}: not a training checkpoint (no meta.json entry); "
+                                  "to start from weights only, use model.load_state_dict")
+        load_state_checked(self.model, model_state, path)
+        load_state_checked(self.optimizer, optim_state, path)
         self.loader.load_state_dict(meta["loader"])
         self.model.rng.bit_generator.state = meta["rng"]
         self.iteration = int(meta["iteration"])
