@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 
-DEFAULT_DATA = Path("data") / "shapes"  # relative to where the command runs (the README runs it from the repo root)
+# Relative to where the command runs (the README runs it from the repository root; notebooks, run from
+# notebooks/, join them to the root themselves).
+DEFAULT_DATA = Path("data") / "shapes"
+DEFAULT_OUT = Path("runs") / "demo"
 
 
 class UserError(Exception):
@@ -192,7 +195,7 @@ def make_parser():
 
     d = sub.add_parser("demo", help="generate the shapes set, train the tiny model, evaluate, draw results")
     d.add_argument("--data", default=str(DEFAULT_DATA), help="shapes data folder (generated if absent)")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default=str(DEFAULT_OUT))
     d.add_argument("--iters", type=int, default=None, help="training iterations (default: the tiny config's)")
     d.add_argument("--num-train", type=int, default=2000)
     d.add_argument("--num-val", type=int, default=200)

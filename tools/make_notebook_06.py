@@ -90,8 +90,9 @@ np.set_printoptions(precision=4, suppress=True, linewidth=110)
 plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 WORK = tempfile.TemporaryDirectory(prefix="minimaskrcnn06_")   # removed when the kernel stops
 if FULL:   # exactly what `python -m minimaskrcnn demo` trains (the data set is reused if it exists)
-    DATA_ROOT, NUM_TRAIN, NUM_VAL, IMAGE_SIZE, PLOT_EVERY = DEFAULT_DATA, 2000, 200, 128, 50
-    OUT_DIR = Path(DEFAULT_DATA).parents[1] / "runs" / "notebook06"
+    REPO = Path("..").resolve()                                   # notebooks run from notebooks/
+    DATA_ROOT, NUM_TRAIN, NUM_VAL, IMAGE_SIZE, PLOT_EVERY = REPO / DEFAULT_DATA, 2000, 200, 128, 50
+    OUT_DIR = REPO / "runs" / "notebook06"
 else:
     OUT_DIR = Path(WORK.name) / "run"
 print("checkpoints go to", OUT_DIR)

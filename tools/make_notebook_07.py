@@ -80,7 +80,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config
-from minimaskrcnn.cli import DEFAULT_DATA, load_checkpoint_model
+from minimaskrcnn.cli import DEFAULT_DATA, DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader, postprocess_boxes
@@ -96,8 +96,9 @@ from minimaskrcnn.viz.detections import class_color, draw_instances, plot_pr_cur
 np.set_printoptions(precision=3, suppress=True, linewidth=110)
 plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 WORK = tempfile.TemporaryDirectory(prefix="minimaskrcnn07_")   # removed when the kernel stops
+REPO = Path("..").resolve()                                       # notebooks run from notebooks/
 if FULL and CHECKPOINT is None:
-    CHECKPOINT = Path(DEFAULT_DATA).parents[1] / "runs" / "demo" / "last.npz"
+    CHECKPOINT = REPO / DEFAULT_OUT / "last.npz"
 if CHECKPOINT is not None and not Path(CHECKPOINT).exists():
     print(f"{CHECKPOINT} not found (run `python -m minimaskrcnn demo` first): using the short run instead")
     CHECKPOINT = None
@@ -107,7 +108,7 @@ code("""
 t0 = time.perf_counter()
 if CHECKPOINT is not None:
     model = load_checkpoint_model(str(CHECKPOINT))
-    root = ensure_shapes_dataset(DEFAULT_DATA, num_train=2000, num_val=200, progress=False)   # the demo's data
+    root = ensure_shapes_dataset(REPO / DEFAULT_DATA, num_train=2000, num_val=200, progress=False)  # the demo's
     eval_set = val_set = CocoDataset(root, "val")
     print(f"loaded {CHECKPOINT}")
 else:
