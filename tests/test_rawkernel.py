@@ -22,7 +22,7 @@ from minimaskrcnn.ops.rawkernel import (
 )
 
 CU_FILES = sorted(rawkernel.KERNEL_DIR.glob("*.cu"))
-HAS_CXX = any(which(c) for c in ("g++", "c++", "clang++"))
+HAS_CXX = rawkernel.compiler_available()   # honours $MINIMASKRCNN_CXX and $CXX, as the emulator does
 needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler for the kernel emulator")
 
 
