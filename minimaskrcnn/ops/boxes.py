@@ -236,10 +236,19 @@ def nms(boxes, scores, iou_threshold: float, max_keep: int | None = None):
     0/0 = NaN and does not suppress, as in torchvision.
     """
     check_boxes(boxes, "boxes")
-    _check_vector(scores, boxes.shape[0], "scores", "boxes")
-    xp = get_xp(boxes, scores)
-    if bool(xp.isnan(scores).any()):
+    _check_scores(scores, boxes.shape[0])
+    return _greedy_nms(boxes, scores, iou_threshold, max_keep)
+
+
+def _check_scores(scores, n: int) -> None:
+    _check_vector(scores, n, "scores", "boxes")
+    if bool(get_xp(scores).isnan(scores).any()):
         raise ValueError("scores contains NaN")
+
+
+def _greedy_nms(boxes, scores, iou_threshold, max_keep):
+    """:func:`nms` on arguments already checked."""
+    xp = get_xp(boxes, scores)
     if boxes.shape[0] == 0:
         return xp.zeros((0,), dtype=xp.int64)
     order = xp.argsort(-scores, kind="stable")
@@ -278,7 +287,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None 
         (K,) int64 indices of the kept boxes, by decreasing score.
     """
     check_boxes(boxes, "boxes")
-    _check_vector(scores, boxes.shape[0], "scores", "boxes")
+    _check_scores(scores, boxes.shape[0])
     _check_vector(idxs, boxes.shape[0], "idxs", "boxes")
     xp = get_xp(boxes, scores, idxs)
     if boxes.shape[0] == 0:
@@ -290,4 +299,4 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None 
                          "clip them with clip_boxes_to_image first")
     max_coordinate = boxes.max()
     offsets = idxs.astype(boxes.dtype) * (max_coordinate + xp.asarray(1, dtype=boxes.dtype))
-    return nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)
+    return _greedy_nms(boxes + offsets[:, None], scores, iou_threshold, max_keep)
