@@ -57,7 +57,7 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import Rectangle
 
 if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root

@@ -88,7 +88,7 @@ from minimaskrcnn.engine.evaluator import CocoEvaluator
 from minimaskrcnn.engine.inference import evaluate_model
 from minimaskrcnn.engine.trainer import Trainer
 from minimaskrcnn.model import build_model
-from minimaskrcnn.model.roi_heads import RoIHeads, boxes_to_rois, infer_scales
+from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales
 from minimaskrcnn.ops.boxes import batched_nms, clip_boxes_to_image, remove_small_boxes
 from minimaskrcnn.ops.masks import paste_masks_in_image
 from minimaskrcnn.viz.detections import class_color, draw_instances, plot_pr_curves

@@ -26,10 +26,8 @@ import math
 
 import numpy as np
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..ops.resize import resize_bilinear
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,10 +16,6 @@ def manual_seed(seed: int) -> None:
     _rng = np.random.default_rng(seed)
 
 
-def generator() -> np.random.Generator:
-    return _rng
-
-
 def fan_in(shape) -> int:
     """Inputs feeding one output: ``in`` for a (out, in) weight, ``C_in/groups * kh * kw`` for a conv."""
     return int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0])

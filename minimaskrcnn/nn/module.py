@@ -193,8 +193,9 @@ class Module:
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
+        bad = {k for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)}
         mismatched = [f"{k}: checkpoint {tuple(np.shape(state[k]))} vs model {tuple(own[k].shape)}"
-                      for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)]
+                      for k in own if k in bad]
         if strict and (missing or unexpected or mismatched):
             lines = []
             for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
@@ -203,7 +204,6 @@ class Module:
                     shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
                     lines.append(f"{title}: {shown}")
             raise ValueError("load_state_dict: the state does not fit the model; " + "; ".join(lines))
-        bad = {k for k in own if k in state and tuple(np.shape(state[k])) != tuple(own[k].shape)}
         params = dict(self.named_parameters())
         for mod_name, m in self.named_modules():
             pre = f"{mod_name}." if mod_name else ""
