@@ -55,3 +55,60 @@ def parity_images() -> list:
             im[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] += rng.uniform(80, 190, 3)
         images.append(np.clip(im, 0, 255).astype(np.uint8))
     return images
+
+
+# ---- the whole model's float64 gradient check (tests/test_model.py, test_c4.py, test_ablations.py) ---------
+def synthetic_scene(rng, n_objects: int, size: int = 64):
+    """A ``(size, size, 3)`` uint8 image with ``n_objects`` bright rectangles on a dark background, and its
+    target dict (``boxes`` (n, 4), ``labels`` alternating 1, 2, ``masks`` (n, size, size))."""
+    image = (rng.uniform(0, 80, (size, size, 3))).astype(np.uint8)
+    boxes, labels, masks = [], [], []
+    for k in range(n_objects):
+        x0, y0 = rng.integers(2, size - 30, 2)
+        w, h = rng.integers(12, 26, 2)
+        m = np.zeros((size, size), np.uint8)
+        m[y0:y0 + h, x0:x0 + w] = 1
+        image[m > 0] = rng.integers(120, 255, 3)
+        boxes.append([x0, y0, x0 + w, y0 + h])
+        labels.append(1 + k % 2)
+        masks.append(m)
+    return image, {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
+                   "masks": np.array(masks, np.uint8).reshape(-1, size, size)}
+
+
+def prepare_for_gradient_check(model, gn_groups: int = 2, seed: int = 5):
+    """Make a small float64 model's loss smooth enough for central differences, in place; returns it.
+
+    GroupNorm gets ``gn_groups`` groups of its few channels. Zero-initialised biases put ReLU inputs
+    exactly at the kink wherever a ReLU'd input is all zero (e.g. the mask deconv over dead pixels), where
+    central differences see half a slope: they are jittered to small positive values.
+    """
+    for _, m in model.named_modules():
+        if hasattr(m, "num_groups"):
+            m.num_groups = gn_groups
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data = p.data + rng.uniform(0.01, 0.05, p.shape)
+    return model
+
+
+def fixed_proposals(model, images, targets) -> list:
+    """The RPN's proposals for one training pass, to hold fixed while the weights are perturbed."""
+    model.forward_train(images, targets)
+    model.free_cache()
+    return [p.copy() for p in model.last_proposals]
+
+
+def fixed_sample_losses(model, images, targets, proposals, backward: bool = False, seed: int = 11) -> dict:
+    """The training losses with the proposals and the anchor and RoI samples held fixed (``model.rng``
+    reseeded), so that they are a smooth function of the weights. With ``backward``, the gradients are
+    left in the parameters' ``.grad``; otherwise the caches are freed."""
+    model.rng = np.random.default_rng(seed)
+    losses = model.forward_train(images, targets, proposals=proposals)
+    if backward:
+        model.zero_grad()
+        model.backward()
+    else:
+        model.free_cache()
+    return losses

@@ -3,12 +3,14 @@ class-agnostic masks (2b), RoIPool / RoIWarp / RoIAlign with max or average (2c)
 import numpy as np
 import pytest
 from test_c4 import tiny_c4
-from test_model import scene
+from test_model import tiny_float64_model
 
 from minimaskrcnn import config as configs
 from minimaskrcnn.model import MaskRCNN, build_model
 from minimaskrcnn.model.roi_heads import MaskMLPHead, MaskMLPPredictor
 from minimaskrcnn.nn.gradcheck import check_directional, numerical_gradient, rel_error
+from minimaskrcnn.testing import fixed_proposals, fixed_sample_losses
+from minimaskrcnn.testing import synthetic_scene as scene
 
 
 def tiny_fpn(**overrides):
@@ -62,34 +64,16 @@ def test_mlp_config_builds_the_paper_layers():
 def test_mask_branch_variant_gradients_float64(variant):
     """Directional check of the mask head, the mask predictor, and the whole model, with fixed proposals
     and samples (as tests/test_model.py). GroupNorm, jittered biases: ReLU inputs stay off their kink."""
-    cfg = configs.tiny(num_classes=3, dtype="float64", stage_widths=(4, 4, 8, 8), stem_channels=4, fpn_channels=4,
-                       representation_size=8, mask_layers=(4,), mask_dim_reduced=4, min_size=64, max_size=64,
-                       rpn_batch_size_per_image=32, box_batch_size_per_image=16, norm="gn", **variant)
-    model = MaskRCNN(cfg)
-    for _, m in model.named_modules():
-        if hasattr(m, "num_groups"):
-            m.num_groups = 2
-    jitter = np.random.default_rng(5)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            p.data = p.data + jitter.uniform(0.01, 0.05, p.shape)
+    model = tiny_float64_model(**variant)
     rng = np.random.default_rng(3)
     images, targets = (list(t) for t in zip(*[scene(rng, 2), scene(rng, 3)]))
-    model.forward_train(images, targets)
-    model.free_cache()
-    proposals = [p.copy() for p in model.last_proposals]
+    proposals = fixed_proposals(model, images, targets)
 
     def loss():
-        model.rng = np.random.default_rng(11)
-        losses = model.forward_train(images, targets, proposals=proposals)
-        model.free_cache()
-        return sum(losses.values())
+        return sum(fixed_sample_losses(model, images, targets, proposals).values())
 
-    model.rng = np.random.default_rng(11)
-    losses = model.forward_train(images, targets, proposals=proposals)
+    losses = fixed_sample_losses(model, images, targets, proposals, backward=True)
     assert losses["loss_mask"] > 0
-    model.zero_grad()
-    model.backward()
     params = {n: p.data for n, p in model.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     for part in ("roi_heads.mask_head", "roi_heads.mask_predictor"):

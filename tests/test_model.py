@@ -4,12 +4,15 @@ import pathlib
 
 import numpy as np
 import pytest
+from test_c4 import tiny_c4
 
 from minimaskrcnn import config as configs
 from minimaskrcnn.config import MaskRCNNConfig
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import MaskRCNN, build_model
 from minimaskrcnn.nn.gradcheck import check_directional
-from minimaskrcnn.testing import parity_config_kwargs, parity_images, random_state_dict
+from minimaskrcnn.testing import (fixed_proposals, fixed_sample_losses, parity_config_kwargs, parity_images,
+                                  prepare_for_gradient_check, random_state_dict)
+from minimaskrcnn.testing import synthetic_scene as scene
 
 FIX = pathlib.Path(__file__).parent / "fixtures"
 
@@ -106,37 +109,11 @@ def test_parity_final_detections(parity):
 
 
 # ---- the whole model's gradient --------------------------------------------------------------------------------
-def tiny_float64_model():
+def tiny_float64_model(**overrides):
     cfg = configs.tiny(num_classes=3, dtype="float64", stage_widths=(4, 4, 8, 8), stem_channels=4, fpn_channels=4,
                        representation_size=8, mask_layers=(4,), mask_dim_reduced=4, min_size=64, max_size=64,
-                       rpn_batch_size_per_image=32, box_batch_size_per_image=16, norm="gn")
-    model = MaskRCNN(cfg)
-    for _, m in model.named_modules():  # GroupNorm with 2 groups of the few channels
-        if hasattr(m, "num_groups"):
-            m.num_groups = 2
-    # Zero-initialised biases put ReLU inputs exactly at the kink wherever a ReLU'd input is all zero
-    # (e.g. the mask deconv over dead pixels): central differences then see half a slope. Jitter them.
-    rng = np.random.default_rng(5)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            p.data = p.data + rng.uniform(0.01, 0.05, p.shape)
-    return model
-
-
-def scene(rng, n_objects, size=64):
-    image = (rng.uniform(0, 80, (size, size, 3))).astype(np.uint8)
-    boxes, labels, masks = [], [], []
-    for k in range(n_objects):
-        x0, y0 = rng.integers(2, size - 30, 2)
-        w, h = rng.integers(12, 26, 2)
-        m = np.zeros((size, size), np.uint8)
-        m[y0:y0 + h, x0:x0 + w] = 1
-        image[m > 0] = rng.integers(120, 255, 3)
-        boxes.append([x0, y0, x0 + w, y0 + h])
-        labels.append(1 + k % 2)
-        masks.append(m)
-    return image, {"boxes": np.array(boxes, np.float32).reshape(-1, 4), "labels": np.array(labels, np.int64),
-                   "masks": np.array(masks, np.uint8).reshape(-1, size, size)}
+                       rpn_batch_size_per_image=32, box_batch_size_per_image=16, norm="gn", **overrides)
+    return prepare_for_gradient_check(MaskRCNN(cfg))
 
 
 def test_whole_model_gradient_float64():
@@ -144,23 +121,14 @@ def test_whole_model_gradient_float64():
     central differences of the summed losses, with proposals and samples held fixed."""
     rng = np.random.default_rng(3)
     model = tiny_float64_model().train()
-    images, targets = zip(*[scene(rng, 2), scene(rng, 3)])
-    images, targets = list(images), list(targets)
-    model.forward_train(images, targets)
-    proposals = [p.copy() for p in model.last_proposals]
+    images, targets = (list(t) for t in zip(*[scene(rng, 2), scene(rng, 3)]))
+    proposals = fixed_proposals(model, images, targets)
 
     def loss():
-        model.rng = np.random.default_rng(11)       # the same anchor and RoI samples every time
-        losses = model.forward_train(images, targets, proposals=proposals)
-        model.free_cache()
-        return sum(losses.values())
+        return sum(fixed_sample_losses(model, images, targets, proposals).values())
 
-    loss()
-    model.rng = np.random.default_rng(11)
-    losses = model.forward_train(images, targets, proposals=proposals)
+    losses = fixed_sample_losses(model, images, targets, proposals, backward=True)
     assert losses["loss_mask"] > 0 and losses["loss_box_reg"] > 0
-    model.zero_grad()
-    model.backward()
     params = {n: p.data for n, p in model.named_parameters()}
     grads = {n: p.grad for n, p in model.named_parameters()}
     missing = [n for n, g in grads.items() if g is None]
@@ -175,16 +143,20 @@ def test_whole_model_gradient_float64():
 
 
 # ---- training and inference on edge cases ---------------------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["fpn", "c4"])
 @pytest.mark.parametrize("counts", [(0, 0), (1, 0), (6, 5)])
-def test_train_step_and_predict_on_empty_single_and_crowded_images(counts):
+def test_train_step_and_predict_on_empty_single_and_crowded_images(counts, architecture):
     rng = np.random.default_rng(sum(counts))
-    model = MaskRCNN(configs.tiny(num_classes=3, min_size=64, max_size=64))
+    cfg = configs.tiny(num_classes=3, min_size=64, max_size=64) if architecture == "fpn" else tiny_c4()
+    model = build_model(cfg)
     images, targets = zip(*[scene(rng, n) for n in counts])
     losses = model.forward_train(list(images), list(targets))
     assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
     assert all(np.isfinite(v) for v in losses.values())
     if sum(counts) == 0:
         assert losses["loss_mask"] == 0 and losses["loss_box_reg"] == 0 and losses["loss_rpn_box_reg"] == 0
+    else:
+        assert losses["loss_mask"] > 0
     model.zero_grad()
     model.backward()
     assert all(p.grad is not None and np.all(np.isfinite(p.grad)) for _, p in model.named_parameters())
@@ -217,6 +189,8 @@ def test_config_refuses_unknown_choices_and_incompatible_options():
         configs.tiny(num_classes=3, roi_op="bilinear")
     with pytest.raises(ValueError, match="class_agnostic_masks"):
         configs.tiny(num_classes=3, mask_loss="softmax", class_agnostic_masks=True)
+    with pytest.raises(ValueError, match="mask_head"):
+        MaskRCNN(configs.tiny(3, mask_head="mlpp"))
     with pytest.raises(ValueError, match="unknown config fields: colour"):
         configs.tiny(num_classes=3).replace(colour="red")
     cfg = configs.tiny(num_classes=3)
