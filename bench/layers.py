@@ -14,9 +14,9 @@ import json
 import os
 import platform
 import sys
-import time
 
 import numpy as np
+from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from minimaskrcnn.nn.functional import conv2d_backward, conv2d_forward  # noqa: E402
@@ -28,16 +28,6 @@ CASES = [
     ("1x1 256->64 @64x64", 2, 256, 64, 1, 1, 64),
     ("3x3/2 128->256 @64x64", 2, 128, 256, 3, 2, 64),
 ]
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up (allocations, BLAS threads)
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
 
 
 def main():

@@ -18,9 +18,9 @@ import os
 import resource
 import subprocess
 import sys
-import time
 
 import numpy as np
+from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -50,10 +50,6 @@ def big_image(seed=0):
     return im
 
 
-def median(ts):
-    return float(np.median(ts))
-
-
 # ---- ours ------------------------------------------------------------------------------------------------
 def ours(case, repeats):
     from minimaskrcnn import config
@@ -67,26 +63,20 @@ def ours(case, repeats):
         model = MaskRCNN(cfg)
         opt = SGD(model.named_parameters(), lr=0.001)
         images, targets = shapes_batch()
-        ts = []
-        for i in range(repeats + 1):
-            t = time.perf_counter()
+
+        def step():
             model.forward_train(images, targets)
             model.zero_grad()
             model.backward()
             opt.step()
-            if i:
-                ts.append(time.perf_counter() - t)
-        return {"seconds_per_iter": median(ts), "params": model.num_parameters()}
+
+        return {"seconds_per_iter": median_time(step, repeats), "params": model.num_parameters()}
     model = MaskRCNN(config.r50_fpn(num_classes=91)).eval()
     model.load_state_dict(random_state_dict({k: v.shape for k, v in model.state_dict().items()}))
     image = big_image()
-    ts = []
-    for i in range(repeats + 1):
-        t = time.perf_counter()
-        dets = model.predict([image])
-        if i:
-            ts.append(time.perf_counter() - t)
-    return {"seconds_per_image": median(ts), "detections": int(len(dets[0]["scores"]))}
+    dets = []
+    seconds = median_time(lambda: dets.append(model.predict([image])[0]), repeats)
+    return {"seconds_per_image": seconds, "detections": int(len(dets[-1]["scores"]))}
 
 
 # ---- torchvision ---------------------------------------------------------------------------------------------
@@ -108,16 +98,14 @@ def torchvision_case(case, repeats):
         ims = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images]
         tg = [{"boxes": torch.from_numpy(t["boxes"]), "labels": torch.from_numpy(t["labels"]),
                "masks": torch.from_numpy(t["masks"])} for t in targets]
-        ts = []
-        for i in range(repeats + 1):
-            t = time.perf_counter()
+
+        def step():
             losses = model(ims, tg)
             opt.zero_grad()
             sum(losses.values()).backward()
             opt.step()
-            if i:
-                ts.append(time.perf_counter() - t)
-        return {"seconds_per_iter": median(ts), "params": sum(p.numel() for p in model.parameters())}
+
+        return {"seconds_per_iter": median_time(step, repeats), "params": sum(p.numel() for p in model.parameters())}
     # the frozen-BN structure of the COCO model (maskrcnn_resnet50_fpn with weights), same random weights as ours
     from torchvision.models import resnet50
     from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -126,14 +114,10 @@ def torchvision_case(case, repeats):
     sd = random_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()})
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})
     x = torch.from_numpy(big_image()).permute(2, 0, 1).float() / 255
-    ts = []
+    dets = []
     with torch.no_grad():
-        for i in range(repeats + 1):
-            t = time.perf_counter()
-            dets = model([x])
-            if i:
-                ts.append(time.perf_counter() - t)
-    return {"seconds_per_image": median(ts), "detections": int(len(dets[0]["scores"]))}
+        seconds = median_time(lambda: dets.append(model([x])[0]), repeats)
+    return {"seconds_per_image": seconds, "detections": int(len(dets[-1]["scores"]))}
 
 
 def child(impl, case, repeats):

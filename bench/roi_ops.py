@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -58,15 +59,6 @@ def make_inputs(case: str, seed: int = 0) -> dict:
     return data
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
-
-
 def time_ours(data: dict, output: int, repeat: int, kernel_repeat: int) -> dict:
     from minimaskrcnn.ops import roi_align, roi_pool, roi_warp
     ops = {"roi_align": (roi_align.roi_align_forward, roi_align.roi_align_backward),
@@ -86,8 +78,8 @@ def time_ours(data: dict, output: int, repeat: int, kernel_repeat: int) -> dict:
 
             def bwd(backward=backward, caches=caches):
                 return [backward(data[f"dout{i}"], caches[i]) for i in levels]
-            result[f"{name}_{impl}"] = {"forward_s": median_time(fwd, reps),
-                                        "backward_s": median_time(bwd, reps)}
+            result[f"{name}_{impl}"] = {"forward_s": median_time(fwd, reps, warmup=0),
+                                        "backward_s": median_time(bwd, reps, warmup=0)}
     return result
 
 
