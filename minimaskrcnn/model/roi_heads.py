@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import nn
 from ..backend import get_xp
-from ..nn.activation import relu_backward, relu_forward
+from ..nn.activation import relu_backward, relu_forward, softmax
 from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward,
                          smooth_l1_backward, smooth_l1_forward, softmax_cross_entropy_backward,
                          softmax_cross_entropy_forward)
@@ -339,9 +339,7 @@ class RoIHeads(nn.Module):
         pooled, _ = self.pool(features, boxes_to_rois(proposals, xp), self.box_pool_size, scales)
         class_logits, box_regression = self.box_predictor(self.box_head(pooled))
         K = class_logits.shape[1]
-        shifted = class_logits - class_logits.max(axis=1, keepdims=True)
-        probs = xp.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(class_logits, axis=1)
         counts = [p.shape[0] for p in proposals]
         starts = np.cumsum([0] + counts)
         results = []
@@ -377,9 +375,7 @@ class RoIHeads(nn.Module):
         labels = xp.concatenate([r["labels"] for r in results])
         D = logits.shape[0]
         if self.mask_loss == "softmax":
-            z = logits - logits.max(axis=1, keepdims=True)
-            e = xp.exp(z)
-            probs = (e / e.sum(axis=1, keepdims=True))[xp.arange(D), labels]
+            probs = softmax(logits, axis=1)[xp.arange(D), labels]
         else:
             channel = labels if logits.shape[1] > 1 else xp.zeros_like(labels)
             probs = 1.0 / (1.0 + xp.exp(-logits[xp.arange(D), channel]))

@@ -1,4 +1,5 @@
-"""ReLU, the only nonlinearity Mask R-CNN uses (after every hidden conv and fc layer)."""
+"""ReLU, the only nonlinearity Mask R-CNN uses inside the network (after every hidden conv and fc layer), and
+the softmax that turns the classifier's logits into probabilities at inference."""
 from __future__ import annotations
 
 from ..backend import get_xp
@@ -28,3 +29,10 @@ class ReLU(Module):
     def backward(self, dout):
         mask = self.saved()
         return relu_backward(dout, mask)
+
+
+def softmax(x, axis: int = 1):
+    """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the maximum first (same result, no overflow)."""
+    xp = get_xp(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
