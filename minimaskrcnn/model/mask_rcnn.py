@@ -55,11 +55,8 @@ class MaskRCNN(nn.Module):
             mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
         else:
             raise ValueError(f"mask_head must be 'fcn' or 'mlp', got {c.mask_head!r}")
-        self.roi_heads = RoIHeads(
-            box_head, box_predictor, mask_head, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
-            c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
-            positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
-            detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=2 * c.mask_pool_size)
+        self.roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
+                                         mask_resolution=2 * c.mask_pool_size)
         self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
         self.device = "cpu"
 
@@ -174,6 +171,18 @@ def build_rpn(c: MaskRCNNConfig, in_channels: int) -> RegionProposalNetwork:
         anchors, head, c.rpn_fg_iou_thresh, c.rpn_bg_iou_thresh, c.rpn_batch_size_per_image,
         c.rpn_positive_fraction, c.rpn_pre_nms_top_n, c.rpn_post_nms_top_n, c.rpn_nms_thresh,
         c.rpn_score_thresh)
+
+
+def build_roi_heads(c: MaskRCNNConfig, box_head, box_predictor, mask_head, mask_predictor,
+                    mask_resolution: int) -> RoIHeads:
+    """The RoI heads a config describes around the given branches: RoI pooling (op, mode, sizes), box
+    sampling, the test-time thresholds and the mask loss. ``mask_head`` None: the mask branch reuses
+    ``box_head`` (C4's shared res5)."""
+    return RoIHeads(
+        box_head, box_predictor, mask_head, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
+        c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
+        positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
+        detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=mask_resolution)
 
 
 def check_images(images):

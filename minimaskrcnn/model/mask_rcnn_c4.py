@@ -33,9 +33,9 @@ import numpy as np
 from .. import nn
 from ..backend import get_xp
 from ..config import MaskRCNNConfig
-from .mask_rcnn import MaskRCNN, build_rpn
+from .mask_rcnn import MaskRCNN, build_roi_heads, build_rpn
 from .resnet import BLOCKS, ResNet, make_stage
-from .roi_heads import FastRCNNPredictor, MaskRCNNPredictor, RoIHeads
+from .roi_heads import FastRCNNPredictor, MaskRCNNPredictor
 
 
 class ResNetC4Backbone(nn.Module):
@@ -126,11 +126,7 @@ class MaskRCNNC4(MaskRCNN):
         mask_classes = 1 if c.class_agnostic_masks else c.num_classes
         mask_predictor = MaskRCNNPredictor(res5.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
         res5_side = (c.box_pool_size - 1) // 2 + 1          # the stride-2 first block: 14 -> 7
-        self.roi_heads = RoIHeads(
-            res5, box_predictor, None, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
-            c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
-            positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
-            detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=2 * res5_side)
+        self.roi_heads = build_roi_heads(c, res5, box_predictor, None, mask_predictor, mask_resolution=2 * res5_side)
         self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
         self.device = "cpu"
 
