@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minimaskrcnn import config as configs  # noqa: E402
 from minimaskrcnn.data.coco import CocoDataset  # noqa: E402
 from minimaskrcnn.data.transforms import DataLoader  # noqa: E402
-from minimaskrcnn.engine.evaluator import CocoEvaluator  # noqa: E402
+from minimaskrcnn.engine.evaluator import evaluate_predictions  # noqa: E402
 from minimaskrcnn.nn.optim import WarmupMultiStepLR  # noqa: E402
 
 
@@ -96,16 +96,14 @@ def to_torch(images, targets):
 @torch.no_grad()
 def evaluate(model, dataset, batch_size=8):
     model.eval()
-    ev = CocoEvaluator.from_dataset(dataset)
+    preds = []
     for start in range(0, len(dataset), batch_size):
         idx = range(start, min(start + batch_size, len(dataset)))
         ims = [torch.from_numpy(dataset.load_image(i)).permute(2, 0, 1).float() / 255 for i in idx]
-        for i, out in zip(idx, model(ims)):
-            ev.update(dataset.image_ids[i], {"boxes": out["boxes"].numpy(), "labels": out["labels"].numpy(),
-                                             "scores": out["scores"].numpy(),
-                                             "masks": out["masks"][:, 0].numpy() > 0.5})
+        preds += [{"boxes": out["boxes"].numpy(), "labels": out["labels"].numpy(), "scores": out["scores"].numpy(),
+                   "masks": out["masks"][:, 0].numpy() > 0.5} for out in model(ims)]
     model.train()
-    m = ev.evaluate(verbose=False)
+    m, _ = evaluate_predictions(dataset, preds, verbose=False)
     return {t: round(m[t]["AP"], 4) for t in m} | {f"{t}_AP50": round(m[t]["AP50"], 4) for t in m}
 
 

@@ -86,15 +86,12 @@ def save_plots(out_dir, model, dataset, log, evaluator=None, predictions=None, n
     """Loss curves, PR curves and a grid of predictions next to the ground truth, as PNG files."""
     import matplotlib
     matplotlib.use("Agg")
-    from .viz.detections import draw_comparison_grid, plot_losses, plot_pr_curves
+    from .viz.detections import draw_comparison_grid, loss_history, plot_losses, plot_pr_curves
 
     out_dir = Path(out_dir)
     files = []
     if log and log.get("losses"):
-        names = list(log["losses"][0])
-        history = {n.replace("loss_", ""): [rec[n] for rec in log["losses"]] for n in names}
-        history["total"] = [sum(rec.values()) for rec in log["losses"]]
-        plot_losses(history, log_scale=True, save_path=out_dir / "losses.png")
+        plot_losses(loss_history(log), log_scale=True, save_path=out_dir / "losses.png")
         files.append(out_dir / "losses.png")
     if evaluator is not None:
         for t in evaluator.precision:

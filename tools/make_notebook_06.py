@@ -84,7 +84,7 @@ from minimaskrcnn.engine.trainer import LOSS_NAMES, Trainer, TrainingDiverged, r
 from minimaskrcnn.model import build_model
 from minimaskrcnn.nn.module import load_npz
 from minimaskrcnn.nn.optim import SGD, WarmupMultiStepLR
-from minimaskrcnn.viz.detections import draw_comparison_grid, draw_target, plot_losses
+from minimaskrcnn.viz.detections import draw_comparison_grid, draw_target, loss_history, plot_losses
 
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
@@ -304,12 +304,6 @@ Raw losses are drawn faint, their exponential moving averages solid.
 """)
 
 code("""
-def loss_history(log):
-    # {'objectness': [...], ..., 'total': [...]} from the trainer's log (as minimaskrcnn.cli.save_plots does)
-    history = {n.replace("loss_", ""): [rec[n] for rec in log["losses"]] for n in LOSS_NAMES}
-    history["total"] = [sum(rec.values()) for rec in log["losses"]]
-    return history
-
 trainer = Trainer(model, loader, OUT_DIR, max_iters=cfg.max_iters, checkpoint_every=0, progress=False)
 live, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.2), width_ratios=[2, 1], layout="constrained")
 plt.close(live)                                        # shown through the handle only, not again at the end

@@ -129,6 +129,15 @@ def smooth(values, weight: float = 0.9) -> np.ndarray:
     return out
 
 
+def loss_history(log) -> dict:
+    """``{'objectness': [...], ..., 'total': [...]}`` from a trainer's log (``log['losses']``: one dict of
+    named losses per iteration), the form :func:`plot_losses` takes."""
+    names = list(log["losses"][0]) if log["losses"] else []
+    history = {n.replace("loss_", ""): [rec[n] for rec in log["losses"]] for n in names}
+    history["total"] = [sum(rec.values()) for rec in log["losses"]]
+    return history
+
+
 def plot_losses(history, smoothing: float = 0.9, log_scale: bool = False, ax=None,
                 title: str | None = "losses", save_path=None):
     """Several named losses against the iteration: raw values faint, smoothed values solid.
