@@ -90,6 +90,14 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
     return rois, (ph, pw)
 
 
+def check_dout(dout, cache, op: str) -> None:
+    """``dout`` must have the forward output's shape ``(K, C, PH, PW)`` and dtype (the cache's RoIs carry it)."""
+    expected = (cache.rois.shape[0], cache.features_shape[1], *cache.output_size)
+    if tuple(dout.shape) != expected or dout.dtype != cache.rois.dtype:
+        raise ValueError(f"{op}: dout must have shape {expected} and dtype {cache.rois.dtype} (the forward "
+                         f"output's), got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+
+
 def check_int32_sizes(*sizes):
     """The kernels index with C ``int``: arrays beyond 2**31 - 1 elements would wrap around."""
     if max(sizes) >= 2 ** 31:

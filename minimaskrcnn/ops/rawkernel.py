@@ -251,10 +251,11 @@ def _translation_unit(code: str, filename: str, cxx: str, folder: Path) -> str:
     """The C++ file g++ compiles: the shim, the kernel source, and the generated launchers."""
     source = folder / "kernel.cu.cpp"
     # #line keeps compiler errors pointing at the .cu file, not at this generated one.
-    source.write_text(f'#include "{SHIM}"\n#line 1 "{filename}"\n{code}\n')
+    text = f'#include "{SHIM}"\n#line 1 "{filename}"\n{code}\n'
+    source.write_text(text)
     expanded = _run([cxx, "-std=c++17", "-E", "-P", "-DMINIMASKRCNN_FIND_KERNELS", str(source)],
                     "preprocessing", filename)
-    return source.read_text() + _launchers(_find_kernels(expanded))
+    return text + _launchers(_find_kernels(expanded))
 
 
 def emulation_source(code: str, filename: str = "<string>") -> str:

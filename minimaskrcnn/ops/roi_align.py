@@ -31,6 +31,7 @@ from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
+    check_dout,
     check_roi_inputs,
     chunks_by_size,
     kchw_to_bins,
@@ -116,12 +117,7 @@ def bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ra
 
 def bilinear_roi_backward(dout, cache: RoIAlignCache, op: str):
     """Gradient for ``features`` of :func:`bilinear_roi_forward`."""
-    N, C, H, W = cache.features_shape
-    K = cache.rois.shape[0]
-    expected = (K, C, *cache.output_size)
-    if tuple(dout.shape) != expected or dout.dtype != cache.rois.dtype:
-        raise ValueError(f"{op}: dout must have shape {expected} and dtype {cache.rois.dtype} (the forward "
-                         f"output's), got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+    check_dout(dout, cache, op)
     if cache.impl == "kernel":
         return _kernel_backward(dout, cache)
     if cache.mode == "avg":

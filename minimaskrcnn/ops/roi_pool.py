@@ -27,6 +27,7 @@ from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
+    check_dout,
     check_roi_inputs,
     chunks_by_size,
     max_and_argmax,
@@ -77,15 +78,12 @@ def roi_pool_forward(features, rois, output_size, spatial_scale=1.0, sampling_ra
 def roi_pool_backward(dout, cache: RoIPoolCache):
     """Gradient for ``features`` (N, C, H, W): ``dout[k, c, ph, pw]`` is added to the one cell that won
     the max of its bin (cells shared by overlapping bins or RoIs collect several)."""
-    N, C, H, W = cache.features_shape
-    expected = (cache.rois.shape[0], C, *cache.output_size)
-    if tuple(dout.shape) != expected or dout.dtype != cache.rois.dtype:
-        raise ValueError(f"roi_pool_backward: dout must have shape {expected} and dtype {cache.rois.dtype}, "
-                         f"got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+    check_dout(dout, cache, "roi_pool_backward")
     if cache.impl == "kernel":
         return _kernel_backward(dout, cache)
+    N, C, H, W = cache.features_shape
     xp = get_xp(dout)
-    K = expected[0]
+    K = cache.rois.shape[0]
     batch = cache.rois[:, 0].astype(np.int64)[:, None, None, None]
     plane = (batch * C + xp.arange(C)[None, :, None, None]) * (H * W)              # (K, C, 1, 1)
     won = cache.argmax >= 0                                                        # False: empty bin
