@@ -58,20 +58,21 @@ def open_dataset(root, split):
     return CocoDataset(root, split)
 
 
-def train_model(config, train_set, out_dir, iters, device="cpu", resume=False, eval_set=None, eval_every=0,
-                checkpoint_every=100, progress=True, seed=0):
+def train_model(config, train_set, out_dir, device="cpu", resume=False, eval_set=None, eval_every=0,
+                checkpoint_every=100, progress=True):
+    """Train ``config`` (its ``max_iters``, its ``seed`` for the batches) on ``train_set``, into ``out_dir``."""
     from .data.transforms import DataLoader
     from .engine.inference import evaluate_model
     from .engine.trainer import Trainer
 
     model = build_model(config, device)
-    loader = DataLoader(train_set, config.images_per_batch, seed=seed, hflip_prob=config.hflip_prob)
+    loader = DataLoader(train_set, config.images_per_batch, seed=config.seed, hflip_prob=config.hflip_prob)
 
     def eval_fn(m):
         metrics, _, _ = evaluate_model(m, eval_set, verbose=False, progress=progress)
         return {t: {k: v for k, v in s.items() if k != "per_class_AP"} for t, s in metrics.items()}
 
-    trainer = Trainer(model, loader, out_dir, max_iters=iters, eval_fn=eval_fn if eval_set is not None else None,
+    trainer = Trainer(model, loader, out_dir, eval_fn=eval_fn if eval_set is not None else None,
                       eval_every=eval_every, checkpoint_every=checkpoint_every, progress=progress)
     if resume:
         if not os.path.exists(trainer.checkpoint_path):
@@ -122,8 +123,8 @@ def cmd_demo(args):
     config = config.replace(**overrides)
     print(f"data: {root} ({train_set.summary()})")
     print(f"training the 'tiny' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
-    model, trainer = train_model(config, train_set, args.out, config.max_iters, args.device, resume=args.resume,
-                                 checkpoint_every=args.checkpoint_every, seed=config.seed)
+    model, trainer = train_model(config, train_set, args.out, args.device, resume=args.resume,
+                                 checkpoint_every=args.checkpoint_every)
     metrics, evaluator, preds = evaluate_model(model, val_set, out_dir=args.out)
     files = save_plots(args.out, model, val_set, trainer.log, evaluator, preds)
     with open(Path(args.out) / "metrics.json", "w") as f:
@@ -144,8 +145,8 @@ def cmd_train(args):
     if args.batch_size is not None:
         overrides["images_per_batch"] = args.batch_size
     config = get_config(args.config, num_classes=len(train_set.class_names), **overrides)
-    train_model(config, train_set, args.out, args.iters, args.device, resume=args.resume, eval_set=val_set,
-                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, seed=config.seed)
+    train_model(config, train_set, args.out, args.device, resume=args.resume, eval_set=val_set,
+                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every)
     print(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
 
 
