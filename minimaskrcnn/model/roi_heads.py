@@ -212,11 +212,12 @@ class RoIHeads(nn.Module):
         """
         xp = get_xp(proposals[0])
         matched, labels = [], []
-        props = []
+        props, gts = [], []
         for p, t in zip(proposals, targets):
             gt = t["boxes"].astype(p.dtype)
             p = xp.concatenate([p, gt], axis=0)
             props.append(p)
+            gts.append(gt)
             if gt.shape[0] == 0:
                 matched.append(xp.zeros(p.shape[0], np.int64))
                 labels.append(xp.zeros(p.shape[0], np.int64))
@@ -229,10 +230,9 @@ class RoIHeads(nn.Module):
             labels.append(lab)
         pos, neg = self.sampler(labels, rng)
         out = []
-        for p, m, lab, ps, ng, t in zip(props, matched, labels, pos, neg, targets):
+        for p, m, lab, ps, ng, gt in zip(props, matched, labels, pos, neg, gts):
             keep = xp.nonzero(ps | ng)[0]
             p, m, lab = p[keep], m[keep], lab[keep]
-            gt = t["boxes"].astype(p.dtype)
             # (an image without objects has only background samples: their regression targets are unused)
             reg = self.box_coder.encode(gt[m], p) if gt.shape[0] else xp.zeros_like(p)
             out.append((p, m, lab, reg))
