@@ -8,9 +8,9 @@ from minimaskrcnn.model.resnet import ResNet
 from minimaskrcnn.nn.gradcheck import check_directional, numerical_gradient, rel_error
 
 
-def tiny_backbone(depth=18, norm="bn", frozen_stages=0, groups=1, width_per_group=64):
+def tiny_backbone(depth=18, norm="bn", frozen_stages=0, groups=1):
     nn.init.manual_seed(0)
-    body = ResNet(depth, groups=groups, width_per_group=width_per_group, norm=norm, widths=(4, 4, 8, 8),
+    body = ResNet(depth, groups=groups, norm=norm, widths=(4, 4, 8, 8),
                   stem_channels=4, frozen_stages=frozen_stages, dtype="float64")
     fpn = FeaturePyramidNetwork(body.out_channels, 6, dtype="float64")
     return BackboneWithFPN(body, fpn)
@@ -35,9 +35,9 @@ def test_resnet50_names_match_torchvision_layout():
     assert body.num_parameters() == 23454912
 
 
-@pytest.mark.parametrize("norm,depth,groups,wpg", [("bn", 18, 1, 64), ("gn", 50, 2, 64), ("frozen_bn", 50, 1, 64)])
-def test_backbone_gradients(norm, depth, groups, wpg, rng):
-    bb = tiny_backbone(depth, norm, groups=groups, width_per_group=wpg)
+@pytest.mark.parametrize("norm,depth,groups", [("bn", 18, 1), ("gn", 50, 2), ("frozen_bn", 50, 1)])
+def test_backbone_gradients(norm, depth, groups, rng):
+    bb = tiny_backbone(depth, norm, groups=groups)
     if norm == "gn":
         for _, m in bb.named_modules():
             if isinstance(m, nn.GroupNorm):
