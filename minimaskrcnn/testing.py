@@ -36,6 +36,17 @@ def random_state_dict(shapes: dict, seed: int = 0) -> dict:
     return out
 
 
+# The anchor generator's fixture cases (tools/make_detops_fixtures.py writes torchvision's anchors for them,
+# tests/test_anchors.py compares ours): name -> (sizes, aspect_ratios, image (H, W), feature sizes finest first).
+ANCHOR_CASES = {
+    "fpn": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (256, 320),
+            [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]),
+    "fpn_odd": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (96, 132),
+                [(24, 33), (12, 17), (6, 9), (3, 5), (2, 3)]),
+    "multi": (((16, 40), (100,)), ((0.25, 1.0, 3.0), (1.0, 0.7)), (50, 70), [(13, 18), (4, 5)]),
+}
+
+
 def parity_config_kwargs() -> dict:
     """The small ResNet-18-FPN used for the torchvision parity fixtures (tools/make_model_fixtures.py)."""
     return dict(num_classes=4, depth=18, norm="frozen_bn", frozen_stages=0, fpn_channels=32,

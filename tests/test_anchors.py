@@ -6,6 +6,7 @@ import pytest
 
 from minimaskrcnn.backend import cupy_available, to_numpy
 from minimaskrcnn.ops.anchors import AnchorGenerator
+from minimaskrcnn.testing import ANCHOR_CASES   # the cases tools/make_detops_fixtures.py ran
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -75,14 +76,6 @@ def test_cuda_anchors_equal_cpu():
     np.testing.assert_array_equal(to_numpy(gen((64, 80), feats, device="cuda")), gen((64, 80), feats))
 
 
-# Same cases as tools/make_detops_fixtures.py.
-ANCHOR_CASES = {
-    "fpn": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (256, 320),
-            [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]),
-    "fpn_odd": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (96, 132),
-                [(24, 33), (12, 17), (6, 9), (3, 5), (2, 3)]),
-    "multi": (((16, 40), (100,)), ((0.25, 1.0, 3.0), (1.0, 0.7)), (50, 70), [(13, 18), (4, 5)]),
-}
 
 
 @pytest.mark.torch_fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from torchvision.ops import box_iou, clip_boxes_to_image, nms, remove_small_boxe
 from torchvision.ops.boxes import _batched_nms_coordinate_trick, _batched_nms_vanilla
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from minimaskrcnn.testing import ANCHOR_CASES  # noqa: E402  (NumPy only: the cases the tests replay)
 VERSIONS = {"torch_version": np.array(torch.__version__),
             "torchvision_version": np.array(torchvision.__version__)}
 
@@ -112,14 +115,6 @@ def nms_fixture(rng):
     save("detops_nms.npz", **out)
 
 
-ANCHOR_CASES = {
-    # name: (sizes, aspect_ratios, image (H, W), feature sizes finest first)
-    "fpn": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (256, 320),
-            [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]),
-    "fpn_odd": (((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5, (96, 132),
-                [(24, 33), (12, 17), (6, 9), (3, 5), (2, 3)]),
-    "multi": (((16, 40), (100,)), ((0.25, 1.0, 3.0), (1.0, 0.7)), (50, 70), [(13, 18), (4, 5)]),
-}
 
 
 def anchors_fixture():
