@@ -4,8 +4,15 @@
 """
 from notebook_builder import NotebookBuilder
 
+from minimaskrcnn import config
+
 NB = NotebookBuilder("05_heads_and_masks.ipynb")
 md, code = NB.md, NB.code
+# Figures quoted in the text come from the configurations themselves, so that the prose cannot drift from
+# the code (a test keeps the notebook equal to this script).
+TINY, PAPER = config.tiny(num_classes=4), config.r50_fpn()
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+MASK_CONVS = f"{WORDS[len(TINY.mask_layers)]} 3×3 convs of {TINY.mask_layers[0]}"
 
 
 md(r"""
@@ -91,14 +98,15 @@ plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 NAMES = ["__background__", "circle", "rectangle", "triangle"]
 """)
 
-md("""
+md(f"""
 ### One image, one untrained model
 
-`config.tiny` is the small ResNet-18-FPN of the demo: 64 FPN channels, a box head of two fc layers of 256
-(the paper: 1024), a mask head of two 3×3 convs of 64 (the paper: four of 256), 128 sampled RoIs per image
-(the paper: 512). `num_classes=4` counts the background: class 0, then circle, rectangle, triangle.
-The image is 128 × 128 and `min_size = max_size = 128`, so the model sees it unresized: boxes and masks
-are in the same pixels as the picture.
+`config.tiny` is the small ResNet-18-FPN of the demo: {TINY.fpn_channels} FPN channels, a box head of two fc
+layers of {TINY.representation_size} (the paper: {PAPER.representation_size}), a mask head of {MASK_CONVS}
+(the paper: {WORDS[len(PAPER.mask_layers)]} of {PAPER.mask_layers[0]}), {TINY.box_batch_size_per_image} sampled RoIs per
+image (the paper: {PAPER.box_batch_size_per_image}). `num_classes=4` counts the background: class 0, then circle,
+rectangle, triangle. The image is {TINY.min_size} × {TINY.min_size} and `min_size = max_size = {TINY.min_size}`,
+so the model sees it unresized: boxes and masks are in the same pixels as the picture.
 """)
 
 code("""
@@ -120,7 +128,7 @@ print("features:", [f.shape for f in features], " scales:", scales)
 assert tuple(sizes[0]) == image.shape[:2] and np.array_equal(targets[0]["boxes"], gt_boxes)
 """)
 
-md("""
+md(f"""
 ## 1. Which RoIs a training step looks at
 
 An untrained RPN proposes boxes almost at random, so we stand in for a trained one: 30 boxes jittered around
@@ -131,7 +139,8 @@ then does what §3.1 describes:
   training too);
 * **match** each box to the GT box it overlaps most: IoU ≥ 0.5 makes it a *positive* of that GT box's class,
   below 0.5 a *negative* (background, class 0). Unlike the RPN (0.7 / 0.3) nothing is ignored;
-* **sample** at most `batch_size_per_image` boxes (512 in the paper, 128 here) with at most 25 % positives;
+* **sample** at most `batch_size_per_image` boxes ({PAPER.box_batch_size_per_image} in the paper,
+  {TINY.box_batch_size_per_image} here) with at most 25 % positives;
   the rest are negatives;
 * **encode** each sample's regression target: the deltas that move it onto its matched GT box.
 """)
@@ -193,16 +202,20 @@ ax.set_title("matching at IoU 0.5, sampling at 25 % positives")
 plt.show()
 """)
 
-md("""
-With the default parameters the 25 % cap binds: there are many more positives than 32 (every object has
-~30 jittered boxes), so the sampler keeps a random 32 of them and fills the other 96 places with negatives.
+md(f"""
+With the default parameters the 25 % cap binds: there are many more positives than
+{int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} (every object has ~30 jittered boxes), so the
+sampler keeps a random {int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} of them and fills the
+other {TINY.box_batch_size_per_image - int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} places
+with negatives.
 Background RoIs teach the classifier what is *not* an object; without the cap, crowded images would give it
 almost none.
 
 ## 2. The box branch and its two losses
 
 Every sampled RoI is pooled to 7 × 7 (RoIAlign, from the FPN level that suits its size), flattened, and
-passed through `TwoMLPHead`: `fc6` and `fc7` with ReLU (1024 wide in the paper, 256 here). Then
+passed through `TwoMLPHead`: `fc6` and `fc7` with ReLU ({PAPER.representation_size} wide in the paper,
+{TINY.representation_size} here). Then
 `FastRCNNPredictor` gives two outputs per RoI:
 
 * `cls_score`: K + 1 = 4 logits (background first) for the softmax classifier;
@@ -277,12 +290,12 @@ assert np.isclose(loss_box, losses["loss_box_reg"], rtol=1e-5)
 assert np.isclose(loss_cls, np.log(4), rtol=0.2)   # untrained: close to a uniform guess over 4 classes
 """)
 
-md("""
+md(f"""
 ## 3. The mask branch is a small FCN
 
 The mask branch pools each *positive* RoI to 14 × 14, then (paper Fig. 4, right):
 
-* 4 × (3 × 3 conv, 256, ReLU) at 14 × 14 (here 2 × 64): `MaskRCNNHeads`;
+* 4 × (3 × 3 conv, 256, ReLU) at 14 × 14 (here {len(TINY.mask_layers)} × {TINY.mask_layers[0]}): `MaskRCNNHeads`;
 * a 2 × 2 **transposed convolution** with stride 2 (14 → 28) and ReLU, then a **1 × 1 conv to K maps**, one
   28 × 28 mask logit map per class: `MaskRCNNPredictor`.
 
@@ -658,11 +671,11 @@ for mode in ("sigmoid", "softmax"):
     assert err < 1e-7
 """)
 
-md("""
+md(f"""
 ## 7. From mask logits to masks in the image
 
 At test time (§3.1) the box branch runs on the proposals, then per-class NMS keeps the top detections (100 in
-the paper, 30 in `tiny`), and only then does the mask branch run, **on the detected boxes**, not on the
+the paper, {TINY.detections_per_img} in `tiny`), and only then does the mask branch run, **on the detected boxes**, not on the
 proposals. Of its K maps per box, only the one of the **predicted class** is used: sigmoid → probabilities
 on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
 
@@ -772,22 +785,22 @@ draw_instances(image, det_boxes, det_labels, binary, class_names=NAMES, ax=axes[
 plt.show()
 """)
 
-md("""
+md(f"""
 ## Summary
 
 * Training uses **proposals + GT boxes**, matched at **IoU 0.5** (positive: the GT box's class; otherwise
   background), **sampled** to `batch_size_per_image` RoIs per image (512 in the paper) with at most **25 %**
   positives.
 * The **box branch**: RoIAlign 7 × 7 → two fc layers → K + 1 class logits and **class-specific** deltas,
-  encoded with weights (10, 10, 5, 5). $L_{cls}$ is the mean cross-entropy over all sampled RoIs;
-  $L_{box}$ is smooth L1 (β = 1/9) on the GT class's deltas of the positives, **summed and divided by all
+  encoded with weights (10, 10, 5, 5). $L_{{cls}}$ is the mean cross-entropy over all sampled RoIs;
+  $L_{{box}}$ is smooth L1 (β = 1/9) on the GT class's deltas of the positives, **summed and divided by all
   sampled RoIs**.
 * The **mask branch** is an FCN: RoIAlign 14 × 14 → 3 × 3 convs → 2 × 2 deconv → 1 × 1 conv to **K maps
   of 28 × 28**. Convolutions keep the spatial layout (a shifted input gives a shifted mask) and share their
   weights across positions: more accurate and much smaller than an MLP (Table 2e, +2.1 AP).
 * **Mask targets** are the matched GT mask, RoIAligned to 28 × 28 over the RoI: the object's pixels inside
   the RoI, soft at the edges, other instances excluded.
-* $L_{mask}$ is the mean per-pixel **sigmoid** cross-entropy on the **GT class's map only**: no competition
+* $L_{{mask}}$ is the mean per-pixel **sigmoid** cross-entropy on the **GT class's map only**: no competition
   between classes (a softmax over classes loses 5.5 AP, Table 2b); the classifier picks the mask.
 * At test time the mask branch runs on the **final detections**; the predicted class's map goes through a
   sigmoid, is pasted into its box and binarised at 0.5.
@@ -797,17 +810,19 @@ md("""
 
 1. **Class-agnostic masks.** The paper reports 29.7 AP for a single class-agnostic mask vs 30.3 for
    class-specific ones (ResNet-50-C4): nearly as good, because the mask head mostly learns "the object in
-   this box". Build `MaskRCNNPredictor(64, 64, num_classes=1)` (or `config.tiny(4, class_agnostic_masks=True)`),
-   redo the fit of section 7 and compare the IoUs. Which lines of `RoIHeads._mask_loss` and `predict` handle
-   the single map?
+   this box". Build `MaskRCNNPredictor({TINY.mask_layers[-1]}, {TINY.mask_dim_reduced}, num_classes=1)` (the
+   width of `tiny`'s mask head), use it in place of `rh.mask_predictor` in the fit of section 7 (and in its
+   optimizer), read map 0 instead of map `fit_labels`, and compare the IoUs. A whole model that does this is
+   `build_model(config.tiny(4, class_agnostic_masks=True))`: which lines of `RoIHeads` handle its single map,
+   in the loss and in `predict`?
 2. **Sampling.** Set `rh.sampler.positive_fraction = 0.5` and `RANDOM_PROPOSALS = 10`: how many negatives are
    left in the batch? What would that do to the classifier's background score at test time?
-3. **Normalisation.** Divide $L_{box}$ by the number of positives instead of all samples. By how much does
-   $L_{box}$ change on this image, and why might a smaller box loss early in training be intended?
+3. **Normalisation.** Divide $L_{{box}}$ by the number of positives instead of all samples. By how much does
+   $L_{{box}}$ change on this image, and why might a smaller box loss early in training be intended?
 4. **Softmax at test time.** With `mask_loss='softmax'`, `predict` takes the softmax over the K maps and
    reads the predicted class's probability. In the example of section 5, what mask would it return for
    the rectangle? Build a toy case where the sigmoid and the softmax masks of the same logits differ most.
-5. **An MLP mask head (Table 2e).** Replace the head with `Flatten → Linear(64·14·14, 256) → ReLU →
+5. **An MLP mask head (Table 2e).** Replace the head with `Flatten → Linear({TINY.fpn_channels}·14·14, 256) → ReLU →
    Linear(256, 4·28·28)`, count its parameters, fit it as in section 7 and compare the masks on RoIs that
    were not in the fit (e.g. other jittered boxes).
 6. **The 28 × 28 resolution.** The round trip of section 7 (GT → 28 × 28 target → pasted → binarised) shows
