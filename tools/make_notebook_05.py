@@ -64,6 +64,8 @@ JITTERED_PER_OBJECT = 30   # proposals scattered around each object (a trained R
 RANDOM_PROPOSALS = 100     # proposals anywhere in the image (mostly background)
 FIT_ROIS_PER_OBJECT = 4    # positive RoIs per object used to fit the mask branch in section 7
 FIT_STEPS = 40             # SGD steps of that fit
+FULL = False               # True: section 8 loads CHECKPOINT (default: the demo's runs/demo/last.npz)
+CHECKPOINT = None          # a checkpoint of config.tiny trained on the shapes set; None with FULL: the demo's
 """)
 
 code("""
@@ -71,6 +73,7 @@ import importlib.util
 import inspect
 import os
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -80,8 +83,9 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config, nn
+from minimaskrcnn.cli import DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import MaskRCNN, build_model
 from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
                                           TwoMLPHead, boxes_to_rois, infer_scales)
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
@@ -90,6 +94,7 @@ from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,
                                     softmax_cross_entropy_forward)
 from minimaskrcnn.ops.boxes import BoxCoder, box_iou
 from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
+from minimaskrcnn.ops.poolers import LevelMapper
 from minimaskrcnn.viz.detections import class_color, draw_instances
 
 rng = np.random.default_rng(SEED)
@@ -785,6 +790,199 @@ draw_instances(image, det_boxes, det_labels, binary, class_names=NAMES, ax=axes[
 plt.show()
 """)
 
+md("""
+## 8. Inside a trained model
+
+So far the heads were untrained (or, in section 7, fitted to one image). Here we look at a *trained* model's
+second stage on this image, as Matterport's `inspect_model` notebook does: which FPN levels its RoIs read, what
+its features look like, and what its mask head outputs on real detections. With `FULL = True` the model is the
+demo's (`python -m minimaskrcnn demo` writes `runs/demo/last.npz`), trained on thousands of shapes images like
+this one, never on this one. Without a checkpoint it is this notebook's model: **random backbone, untrained box
+branch, and the mask branch fitted in section 7** to this image; the same pictures, honestly less meaningful.
+""")
+
+code("""
+REPO = Path("..").resolve()                                        # notebooks run from notebooks/
+if FULL and CHECKPOINT is None:
+    CHECKPOINT = REPO / DEFAULT_OUT / "last.npz"
+if CHECKPOINT is not None and not Path(CHECKPOINT).exists():
+    print(f"{CHECKPOINT} not found (run `python -m minimaskrcnn demo` first): using this notebook's model")
+    CHECKPOINT = None
+if CHECKPOINT is not None:
+    trained = load_checkpoint_model(str(CHECKPOINT))
+    print(f"loaded {CHECKPOINT}: trained for {trained.config.max_iters} iterations")
+else:
+    trained = model
+    print("no checkpoint: this notebook's model (random backbone, untrained box branch, mask branch of section 7)")
+trained.eval()
+t_batch, t_sizes, _, _ = trained.preprocess([image])
+t_feats = trained.backbone(t_batch)                                  # P2..P6
+t_proposals = trained.rpn(t_feats, t_sizes, t_batch.shape[-2:])[0]  # one (P, 4) array per image
+t_features = t_feats[:-1]                                            # P2..P5: what the RoI heads pool
+t_detections = trained.roi_heads.predict(t_features, t_proposals, t_sizes)[0]
+print(f"{len(t_proposals[0])} proposals -> {len(t_detections['boxes'])} detections; best: " +
+      ", ".join(f"{NAMES[k]} {s:.2f}" for k, s in zip(t_detections["labels"][:4], t_detections["scores"][:4])))
+""")
+
+md("""
+### Which FPN level each RoI reads
+
+`MultiScaleRoIAlign` sends a RoI of size $\\sqrt{wh}$ to level $k = \\lfloor 4 + \\log_2(\\sqrt{wh}/224) \\rfloor$,
+clamped to P2…P5 (FPN's Eq. 1, with 224 px, an ImageNet object, on P4). That rule was made for 800 px COCO
+images. On our 128 px images, whose objects are 10–60 px, almost every RoI falls below 112 px and reads **P2**:
+the other levels feed the RPN but hardly the RoI heads. (Exercise 7 changes `canonical_scale`.)
+""")
+
+code("""
+mapper = LevelMapper(2, 5)                      # P2..P5, canonical 224 px on P4
+level_props = mapper(boxes_to_rois(t_proposals, np))
+level_dets = mapper(boxes_to_rois([t_detections["boxes"]], np))
+level_gt = mapper(boxes_to_rois([gt_boxes], np))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3), width_ratios=[1, 1.2])
+x = np.arange(4)
+for k, (name, lv) in enumerate([("proposals", level_props), ("detections", level_dets), ("GT boxes", level_gt)]):
+    axes[0].bar(x + (k - 1) * 0.27, np.bincount(lv, minlength=4) / max(len(lv), 1), 0.27, label=name)
+axes[0].set_xticks(x, ["P2", "P3", "P4", "P5"]); axes[0].set_ylabel("share of RoIs"); axes[0].legend(fontsize=8)
+side = np.sqrt(np.prod(t_proposals[0][:, 2:] - t_proposals[0][:, :2], axis=1))
+axes[1].hist(side, bins=30, color="0.6")
+for edge in (112, 224, 448):
+    axes[1].axvline(edge, color="k", ls="--", lw=1)
+axes[1].set_xlabel("proposal size sqrt(wh), px (dashed: level boundaries)"); axes[1].set_ylabel("proposals")
+plt.show()
+print("share of proposals per level P2..P5:", np.round(np.bincount(level_props, minlength=4) / len(level_props), 3))
+assert np.all(level_gt == 0)                    # every object here is smaller than 112 px: P2
+""")
+
+md("""
+### Trained activations
+
+The mean absolute activation of each FPN level over its channels; then, for the best detection, the four most
+active channels of every layer of the mask branch (the 14 × 14 pooled features, each 3 × 3 conv, the 2 × 2
+deconvolution) and the map of the predicted class. In a trained model the mask branch's channels already outline
+the object a layer or two before the output.
+""")
+
+code("""
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.8))
+axes[0].imshow(image); axes[0].set_title("image", fontsize=8); axes[0].set_axis_off()
+for lvl, (ax, f) in enumerate(zip(axes[1:], t_features)):
+    ax.imshow(np.abs(f[0]).mean(axis=0), cmap="magma"); ax.set_axis_off()
+    ax.set_title(f"P{lvl + 2} {f.shape[2]}x{f.shape[3]}: mean |activation|", fontsize=8)
+plt.show()
+
+t_rh = trained.roi_heads
+t_scales = infer_scales(t_features, t_sizes)
+D_t = len(t_detections["boxes"])
+assert D_t > 0, "no detection to look at"
+x, _ = t_rh.pool(t_features, boxes_to_rois([t_detections["boxes"][:1]], np), t_rh.mask_pool_size, t_scales)
+stages = [("pooled 14x14", x)]
+for k, block in enumerate(t_rh.mask_head):
+    x = block(x)
+    stages.append((f"mask_head.{k} (3x3 conv)", x))
+x = t_rh.mask_predictor.relu(t_rh.mask_predictor.conv5_mask(x))
+stages.append(("conv5_mask (deconv) 28x28", x))
+logits_best = t_rh.mask_predictor.mask_fcn_logits(x)
+n_ch = 4
+fig, axes = plt.subplots(len(stages), n_ch + 1, figsize=(1.7 * (n_ch + 1), 1.7 * len(stages)))
+for row, (name, a) in enumerate(stages):
+    strongest = np.argsort(-np.abs(a[0]).mean(axis=(1, 2)))[:n_ch]          # the most active channels
+    for col, c in enumerate(strongest):
+        axes[row, col].imshow(a[0, c], cmap="viridis"); axes[row, col].set_axis_off()
+    axes[row, 0].set_title(name, fontsize=7, loc="left")
+    axes[row, n_ch].set_axis_off()
+axes[-1, n_ch].imshow(1 / (1 + np.exp(-logits_best[0, t_detections["labels"][0]])), cmap="viridis", vmin=0, vmax=1)
+axes[-1, n_ch].set_title(f"output: {NAMES[t_detections['labels'][0]]}", fontsize=7)
+plt.show()
+""")
+
+md("""
+### The mask head on real RoIs
+
+For the best detections: the 28 × 28 sigmoid of **every** class map (only the predicted class's, marked ←, is
+used), and the mask pasted into the image and binarised at 0.5. A trained class-specific head often draws a fair
+mask in the maps of other classes too (section 7), since much of what it learns is "the object in this box".
+""")
+
+code("""
+n_show = min(4, D_t)
+x, _ = t_rh.pool(t_features, boxes_to_rois([t_detections["boxes"][:n_show]], np), t_rh.mask_pool_size, t_scales)
+all_maps = 1 / (1 + np.exp(-t_rh.mask_predictor(t_rh.mask_head(x))))             # (n, K, 28, 28)
+assert np.allclose(all_maps[np.arange(n_show), t_detections["labels"][:n_show]],
+                   t_detections["mask_probs"][:n_show], atol=1e-6)              # predict reads the same maps
+pasted = paste_masks_in_image(t_detections["mask_probs"][:n_show], t_detections["boxes"][:n_show],
+                              image.shape[:2], threshold=0.5)
+fig, axes = plt.subplots(n_show, 5, figsize=(9, 1.9 * n_show), squeeze=False)
+for r in range(n_show):
+    k = t_detections["labels"][r]
+    for c in range(4):
+        axes[r, c].imshow(all_maps[r, c], cmap="viridis", vmin=0, vmax=1); axes[r, c].set_axis_off()
+        axes[r, c].set_title(f"map {c} ({['bg', *NAMES[1:]][c]}){' <-' if c == k else ''}", fontsize=7)
+    draw_instances(image, t_detections["boxes"][r:r + 1], t_detections["labels"][r:r + 1], pasted[r:r + 1],
+                   t_detections["scores"][r:r + 1], NAMES, ax=axes[r, 4])
+plt.show()
+trained.train()
+""")
+
+md("""
+## 9. The C4 head: res5 shared by boxes and masks, 14 × 14 masks
+
+The paper's other backbone (Fig. 4, left; ResNet-50-C4 in Table 2a and in the ablations of Table 2b–2d) has no
+pyramid. Everything before the RoIs uses one map, C4 (stride 16), and the **fifth ResNet stage, res5, becomes
+the RoI head**, shared by both branches (`model/mask_rcnn_c4.py`, `config.r50_c4`):
+
+* RoIAlign **14 × 14** on C4 → res5 (its first block has stride 2) → (R, 2048, 7, 7);
+* box branch: average pool → (R, 2048) → class logits and box deltas;
+* mask branch: a 2 × 2 deconvolution (7 → 14) and a 1 × 1 conv → K maps of **14 × 14** (not 28 × 28);
+* in training the mask predictor reads the res5 output of the positive RoIs (res5 runs once, and its gradient
+  is the sum of both branches'); at test time the detections go through res5 again.
+
+res5 is heavy (about 15 M parameters, and most of the model's per-RoI compute), which is why C4 samples 64 RoIs
+per image in training (FPN: 512) and keeps 300 proposals at test time (FPN: 1000), and why the paper's R-101-C4
+runs at about 400 ms per image against 195 ms for R-101-FPN (§4.4), so that "we do not recommend using the C4
+variant in practice". Below, a narrow ResNet-18-C4 with `tiny`'s widths (random weights) on our image, shape
+by shape.
+""")
+
+code("""
+c4_cfg = config.r50_c4(4, depth=18, norm="bn", stage_widths=(16, 32, 64, 128), stem_channels=16,
+                       frozen_stages=0, mask_dim_reduced=32, min_size=128, max_size=128,
+                       anchor_sizes=((16, 32, 64, 128, 256),), rpn_post_nms_top_n=(300, 50))
+c4 = build_model(c4_cfg).eval()
+print(type(c4).__name__, "| roi_heads.box_head:", type(c4.roi_heads.box_head).__name__,
+      "| roi_heads.mask_head:", c4.roi_heads.mask_head)
+c4_batch, c4_sizes, _, _ = c4.preprocess([image])
+c4_feats = c4.backbone(c4_batch)                                         # [C4]
+c4_scales = infer_scales(c4_feats, c4_sizes)
+x, _ = c4.roi_heads.pool(c4_feats, boxes_to_rois([gt_boxes], np), c4_cfg.box_pool_size, c4_scales)
+res5 = c4.roi_heads.box_head(x)
+c4_logits, c4_deltas = c4.roi_heads.box_predictor(res5)
+c4_masks = c4.roi_heads.mask_predictor(res5)
+for name, a in [("image batch", c4_batch), ("C4 (stride 16)", c4_feats[0]), ("RoIAlign 14x14 of the GT boxes", x),
+                ("res5 (shared)", res5), ("box branch: class logits", c4_logits), ("box branch: deltas", c4_deltas),
+                ("mask branch: K maps", c4_masks)]:
+    print(f"{name:32s} {a.shape}")
+assert len(c4_feats) == 1 and c4_scales == [1 / 16]
+assert res5.shape[2:] == (7, 7) and c4_masks.shape == (G, 4, 14, 14)
+res5_r50 = build_model(config.r50_c4(81)).roi_heads.box_head.num_parameters()
+print(f"parameters: res5 {c4.roi_heads.box_head.num_parameters():,} of {c4.num_parameters():,} in this model; "
+      f"ResNet-50's res5: {res5_r50:,}")
+""")
+
+md("""
+**What 14 × 14 costs.** The round trip of section 7 (GT mask → m × m target → pasted → binarised) at the C4
+resolution and at the FPN one: the mask IoU that a perfect mask head could reach at each. Our objects are 10–60
+px, about the size of the grid itself, so 14 × 14 loses little here (the binarised soft edge decides more than
+the resolution); on COCO's large objects, hundreds of pixels wide, a 14 × 14 grid cannot follow the outline,
+one reason the FPN head's 28 × 28 masks are finer.
+""")
+
+code("""
+for m in (14, 28):
+    targets_m = project_masks_on_boxes(gt_masks, gt_boxes, np.arange(G), m)
+    back = paste_masks_in_image(targets_m, gt_boxes, image.shape[:2], threshold=0.5)
+    print(f"M = {m}: round-trip mask IoU per object", np.round([mask_iou(back[g], gt_masks[g]) for g in range(G)], 3))
+""")
+
 md(f"""
 ## Summary
 
@@ -829,6 +1027,10 @@ md(f"""
    what the mask resolution alone costs. (Why can the fitted head beat it on an object? Think of what 0.5
    means for a soft target at the edge.) Compute it for masks of several sizes and for `M = 14` (the C4
    head): which objects suffer?
+7. **FPN levels for small images.** Section 8 shows that on 128 px images nearly every RoI reads P2. Build the
+   mapper with `LevelMapper(2, 5, canonical_scale=56)` (a 56 px RoI on P4, scaling FPN's rule to images about
+   four times smaller than COCO's) and redraw the histogram. Which levels would the RoIs then read, and why would
+   the demo's model need retraining to use them?
 """)
 
 
