@@ -87,6 +87,7 @@ from minimaskrcnn.cli import DEFAULT_DATA, DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader, postprocess_boxes
+from minimaskrcnn.engine.analysis import ERROR_KINDS, error_breakdown
 from minimaskrcnn.engine.evaluator import CocoEvaluator
 from minimaskrcnn.engine.inference import evaluate_model
 from minimaskrcnn.engine.trainer import Trainer
@@ -868,6 +869,72 @@ if all(counts.values()):                        # the summary's AP is the mean o
 """)
 
 md("""
+### Where the errors are: a breakdown, and the worst failures
+
+AP compresses everything into one number. `minimaskrcnn.engine.analysis.error_breakdown` sorts every detection
+in the spirit of COCO's `analyze()` (Hoiem et al., ECCV 2012), per image in score order, by mask IoU:
+**correct** (IoU ≥ 0.5 with a free object of its class), **duplicate** (its object was already found),
+**localization** (right class, IoU 0.1–0.5), **confusion** (no object of its class nearby, but one of another
+class at IoU ≥ 0.1), **background** (overlaps nothing); and every object no correct detection found is
+**missed**. We count them for all detections (score ≥ 0.05, what AP sees) and for the confident ones
+(score ≥ 0.5, what a user would draw).
+""")
+
+code("""
+eval_targets = [eval_set.get_target(i) for i in range(len(eval_set))]
+kinds = (*ERROR_KINDS, "missed")
+breakdowns = {thr: error_breakdown(eval_targets, predictions, "segm", score_thresh=thr) for thr in (0.05, 0.5)}
+fig, ax = plt.subplots(figsize=(7, 2.4))
+colors = dict(zip(kinds, ["tab:green", "tab:olive", "tab:orange", "tab:purple", "tab:red", "0.5"]))
+for row, (thr, b) in enumerate(breakdowns.items()):
+    left = 0
+    for kind in kinds:
+        ax.barh(row, b.counts[kind], left=left, color=colors[kind], label=kind if row == 0 else None)
+        left += b.counts[kind]
+    print(f"score >= {thr}: {b.counts}  ({b.num_objects} objects)")
+ax.set_yticks([0, 1], [f"score >= {t}" for t in breakdowns]); ax.set_xlabel("detections (and missed objects)")
+ax.legend(fontsize=7, ncol=6, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+plt.show()
+b = breakdowns[0.05]
+assert b.counts["correct"] + b.counts["missed"] == b.num_objects       # each object: found once, or missed
+""")
+
+md("""
+The gallery: the most confident wrong detections (dashed outline: the object that decided the kind of error),
+then the largest objects that no confident detection found (with the detection that overlaps each most, if any).
+""")
+
+code("""
+wrong, _ = breakdowns[0.05].worst(4)
+_, missed = breakdowns[0.5].worst(4)
+cases = [("wrong", d) for d in wrong] + [("missed", m) for m in missed]
+if cases:
+    fig, axes = plt.subplots(1, len(cases), figsize=(2.4 * len(cases), 2.8), squeeze=False)
+    for ax, (what, case) in zip(axes[0], cases):
+        img, tgt, pred = eval_set.load_image(case.image), eval_targets[case.image], predictions[case.image]
+        if what == "wrong":
+            i = case.index
+            draw_instances(img, pred["boxes"][i:i + 1], pred["labels"][i:i + 1], pred["masks"][i:i + 1],
+                           pred["scores"][i:i + 1], NAMES, ax=ax)
+            title = f"{case.kind}, IoU {case.iou:.2f}"
+            if case.gt >= 0:
+                ax.contour(tgt["masks"][case.gt], levels=[0.5], colors="w", linewidths=1, linestyles="--")
+                title += f"\\n(with a {NAMES[case.gt_label]})" if case.kind == "confusion" else ""
+        else:
+            g = case.index
+            draw_instances(img, tgt["boxes"][g:g + 1], tgt["labels"][g:g + 1], tgt["masks"][g:g + 1], ax=ax,
+                           class_names=NAMES)
+            title = f"missed {NAMES[case.label]}, {case.area:.0f} px"
+            if case.best_det >= 0:
+                ax.contour(pred["masks"][case.best_det], levels=[0.5], colors="w", linewidths=1, linestyles="--")
+                title += f"\\nbest: {NAMES[case.best_label]}, IoU {case.best_iou:.2f}"
+        ax.set_title(title, fontsize=7)
+    plt.show()
+else:
+    print("no error to show")
+""")
+
+md("""
 ### Memorised images vs new images
 
 The short run has seen each of its 4 images 100 times. The same model on 16 images it has never seen:
@@ -900,6 +967,8 @@ only takes a hundred. That gap is why AP is always reported on images held out f
 * About a hundred lines of NumPy reproduce `COCOeval` to 1e-9 on a toy set and on the model's detections,
   including the subtle parts: ignored objects tried last, a detection's area taken from its box for box AP and
   from its mask for mask AP, `np.spacing(1)` in the precision.
+* Beyond AP, an error breakdown (`engine.analysis.error_breakdown`) says *why* detections fail: duplicates,
+  poor localisation, class confusion, background, missed objects; the worst cases are worth looking at.
 
 ## Exercises
 
