@@ -680,9 +680,9 @@ md(f"""
 ## 7. From mask logits to masks in the image
 
 At test time (§3.1) the box branch runs on the proposals, then per-class NMS keeps the top detections (100 in
-the paper, {TINY.detections_per_img} in `tiny`), and only then does the mask branch run, **on the detected boxes**, not on the
-proposals. Of its K maps per box, only the one of the **predicted class** is used: sigmoid → probabilities
-on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
+the paper, {TINY.detections_per_img} in `tiny`), and only then does the mask branch run, **on the detected
+boxes**, not on the proposals. Of its K maps per box, only the one of the **predicted class** is used:
+sigmoid → probabilities on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
 
 An untrained mask head predicts noise, so first we fit the mask branch alone, for a few seconds, to a few
 positive RoIs of this one image, four per object (the pooled features stay fixed: the backbone and the box
