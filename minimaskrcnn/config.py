@@ -126,7 +126,7 @@ def _with(cfg: MaskRCNNConfig, overrides: dict) -> MaskRCNNConfig:
 
 
 def r50_fpn(num_classes: int = 91, **overrides) -> MaskRCNNConfig:
-    """ResNet-50-FPN (paper Table 2a/3): torchvision's ``maskrcnn_resnet50_fpn`` with frozen BN."""
+    """ResNet-50-FPN (paper Table 2a, 2e): torchvision's ``maskrcnn_resnet50_fpn`` with frozen BN."""
     return _with(MaskRCNNConfig(num_classes=num_classes), overrides)
 
 

@@ -10,6 +10,7 @@ from minimaskrcnn.viz.detections import (
     draw_comparison_grid,
     draw_instances,
     draw_target,
+    mask_contour,
     plot_losses,
     plot_pr_curves,
     smooth,
@@ -47,6 +48,34 @@ def test_draw_instances(tmp_path):
     np.testing.assert_allclose(overlay[1, 1, :3], class_color(1))        # only instance 0 is there
     np.testing.assert_allclose(overlay[5, 4, :3], class_color(2))        # instance 1 drawn over 0
     assert overlay[target["masks"][2].astype(bool) & ~target["masks"][1].astype(bool), 3].max() == 0
+
+
+def test_mask_contour_is_the_inner_outline():
+    mask = np.zeros((6, 7), bool)
+    mask[1:5, 2:6] = True                                        # a 4 x 4 square
+    mask[0, 0] = True                                            # a lone pixel at the image's corner
+    outline = mask_contour(mask)
+    expected = mask.copy()
+    expected[2:4, 3:5] = False                                   # the 2 x 2 interior is not outline
+    np.testing.assert_array_equal(outline, expected)
+    assert not mask_contour(np.zeros((3, 3), bool)).any()
+    full = mask_contour(np.ones((3, 3), bool))                   # the image's edge counts as outside
+    assert full.sum() == 8 and not full[1, 1]
+
+
+def test_draw_instances_draws_opaque_contours():
+    image = np.zeros((32, 32, 3), np.uint8)
+    target = _instances(1)
+    mask = target["masks"][0].astype(bool)                       # rows 0..7, columns 0..9
+    overlay = draw_target(image, target, NAMES).axes[0].images[1].get_array()
+    edge, inside = mask_contour(mask), mask & ~mask_contour(mask)
+    assert edge.sum() == 2 * (8 + 10) - 4 and inside.sum() == 6 * 8
+    np.testing.assert_allclose(overlay[edge, 3], 1.0)            # the outline is opaque ...
+    np.testing.assert_allclose(overlay[edge, :3], np.tile(class_color(1), (edge.sum(), 1)))
+    np.testing.assert_allclose(overlay[inside, 3], 0.45)         # ... the fill translucent
+    assert overlay[~mask, 3].max() == 0
+    plain = draw_target(image, target, NAMES, contours=False).axes[0].images[1].get_array()
+    np.testing.assert_allclose(plain[mask, 3], 0.45)             # contours=False: the fill only
 
 
 def test_draw_into_a_given_axes():

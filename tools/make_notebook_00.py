@@ -19,6 +19,7 @@ scored. You will:
 3. read the **COCO format** (the JSON, polygons and run-length encoding) and the category-id mapping;
 4. follow an image through the model's input **transforms** (normalise, resize, pad to a stride of 32);
 5. compute **COCO AP** on toy predictions: perfect ones score 1.0, shifted ones less, and why.
+6. see the **whole pipeline** at a glance, every stage with its tensor shapes for one image.
 
 > "Instance segmentation is challenging because it requires the correct detection of all objects in an image
 > while also precisely segmenting each instance. It therefore combines elements from the classical computer
@@ -376,6 +377,89 @@ display(plot_pr_curves(ev.precision["segm"], ev.recall_thresholds, ev.iou_thresh
 """)
 
 md("""
+## 6. The whole pipeline, on one image
+
+Before the chapters take Mask R-CNN apart, here it is whole: the paper's Fig. 1 ("a two-stage detector with a
+parallel mask branch") and Fig. 4 (the FPN heads), redrawn from **this package's modules**, with the shape of
+every tensor for one 128 × 128 image. The shapes are not typed in: the cell runs the demo's model
+(`config.tiny`, random weights) stage by stage and records what comes out. The box at each stage names the
+attribute of `model` that computes it, and the chapter that opens it.
+""")
+
+code("""
+from minimaskrcnn import config
+from minimaskrcnn.model import build_model
+from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales
+
+pipe_model = build_model(config.tiny(num_classes=4)).eval()      # random weights: shapes, not answers
+pipe_image = draw_shapes_image(np.random.default_rng(SEED), 128)[0]
+batch, sizes, _, _ = pipe_model.preprocess([pipe_image])
+c_maps = pipe_model.backbone.body(batch)                          # C2..C5
+p_maps = pipe_model.backbone(batch)                               # P2..P6 (the FPN on top of the body)
+logits, deltas = pipe_model.rpn.head(p_maps)
+proposals = pipe_model.rpn(p_maps, sizes, batch.shape[-2:])[0]
+rh = pipe_model.roi_heads
+scales = infer_scales(p_maps[:-1], sizes)
+pooled7, _ = rh.pool(p_maps[:-1], boxes_to_rois(proposals, np), rh.box_pool_size, scales)
+fc7 = rh.box_head(pooled7)
+class_logits, box_deltas = rh.box_predictor(fc7)
+detections = rh.predict(p_maps[:-1], proposals, sizes)[0]
+pooled14, _ = rh.pool(p_maps[:-1], boxes_to_rois([detections["boxes"]], np), rh.mask_pool_size, scales)
+mask_features = rh.mask_head(pooled14)
+mask_logits = rh.mask_predictor(mask_features)
+final = pipe_model.predict([pipe_image])[0]
+
+shape = lambda a: "×".join(str(d) for d in a.shape)
+stages = [  # (column, row, title, lines, chapter)
+    (0, 0, "image", [shape(pipe_image)], "00"),
+    (0, 1, "model.preprocess", ["normalise, resize, pad", shape(batch)], "00"),
+    (1, 0, "backbone.body (ResNet)", [f"C{k + 2} {shape(c)}" for k, c in enumerate(c_maps)], "02"),
+    (1, 1, "backbone.fpn", [f"P{k + 2} {shape(p)}" for k, p in enumerate(p_maps)], "02"),
+    (2, 0, "rpn.head (per level)", [f"objectness P2 {shape(logits[0])}", f"deltas P2 {shape(deltas[0])}"], "03"),
+    (2, 1, "rpn: decode, NMS", [f"proposals {shape(proposals[0])}"], "03"),
+    (3, 0, "RoIAlign 7×7 → box_head", [f"{shape(pooled7)} → {shape(fc7)}"], "04, 05"),
+    (3, 1, "box_predictor", [f"classes {shape(class_logits)}", f"deltas {shape(box_deltas)}"], "05"),
+    (4, 0, "softmax, decode, NMS, top k", [f"boxes {shape(detections['boxes'])}"], "07"),
+    (4, 1, "RoIAlign 14×14 → mask_head", [f"{shape(pooled14)} → {shape(mask_features)}"], "04, 05"),
+    (5, 0, "mask_predictor", [f"deconv, 1×1: {shape(mask_logits)}", f"class map: {shape(detections['mask_probs'])}"],
+     "05"),
+    (5, 1, "paste, binarise (predict)", [f"masks {shape(final['masks'])}", f"boxes {shape(final['boxes'])}"], "07"),
+]
+fig, ax = plt.subplots(figsize=(15, 4.6))
+W_BOX, H_BOX = 2.5, 1.55
+centre = {}
+for col, row, title, lines, chapter in stages:
+    x, y = col * 2.8, -row * 2.2
+    color = "#dbe9f6" if col < 3 else "#fde2c8" if (col, row) in ((3, 0), (3, 1), (4, 0)) else "#d9f0d3"
+    ax.add_patch(Rectangle((x, y), W_BOX, H_BOX, fc=color, ec="0.3", lw=1))
+    ax.text(x + 0.08, y + H_BOX - 0.12, title, fontsize=8.5, weight="bold", va="top")
+    ax.text(x + 0.08, y + H_BOX - 0.45, "\\n".join(lines), fontsize=7, va="top", family="monospace")
+    ax.text(x + W_BOX - 0.06, y + 0.06, f"nb {chapter}", fontsize=6.5, ha="right", color="0.4")
+    centre[(col, row)] = (x, y)
+order = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1), (4, 0), (4, 1), (5, 0), (5, 1)]
+for a, b in zip(order, order[1:]):
+    (xa, ya), (xb, yb) = centre[a], centre[b]
+    start = (xa + W_BOX / 2, ya) if b[0] == a[0] else (xa + W_BOX, ya + H_BOX / 2)
+    end = (xb + W_BOX / 2, yb + H_BOX) if b[0] == a[0] else (xb, yb + H_BOX / 2)
+    ax.annotate("", end, start, arrowprops=dict(arrowstyle="->", color="0.3", lw=1.2))
+ax.text(0, 1.85, "blue: shared features and the RPN (first stage)   orange: box branch   "
+        "green: mask branch (second stage, in parallel in training; on the detections at test time)", fontsize=8)
+ax.set_xlim(-0.2, 6 * 2.8), ax.set_ylim(-2.4, 2.1), ax.set_axis_off()
+plt.show()
+assert final["masks"].shape[1:] == pipe_image.shape[:2] and mask_logits.shape[1:] == (4, 28, 28)
+assert len(p_maps) == 5 and pooled7.shape[1:] == (pipe_model.config.fpn_channels, 7, 7)
+""")
+
+md("""
+Read it as the paper's Fig. 1: the left half (blue) is Faster R-CNN's first stage, shared by everything; the
+right half is the second stage, run per RoI, where the box branch (orange) and the mask branch (green) sit side by
+side. In training both branches read the same sampled RoIs at once (notebook 05); at test time the mask branch
+runs after NMS, on the final boxes only (§3.1, notebook 07). The arrow from `box_predictor` to NMS also marks the
+one place where the two stages meet without a gradient: the proposals are constants for the second stage
+(notebook 03, "approximate joint training").
+""")
+
+md("""
 ## Summary
 
 * Instance segmentation = detection (class + box per object) + a mask per object; semantic segmentation
@@ -387,6 +471,8 @@ md("""
   multiple of 32. Predictions go back to the original image size before evaluation.
 * COCO AP averages precision over recall, classes and IoU thresholds 0.50–0.95: a few pixels of error on a
   small object cost a lot.
+* The pipeline: transform → ResNet → FPN → RPN → proposals → RoIAlign → box branch → NMS → RoIAlign → mask
+  branch → paste; every later notebook opens one of these boxes.
 
 ## Exercises
 

@@ -404,7 +404,38 @@ print(inspect.getsource(rel_error))
 md(r"""
 **How to read it** (CS231n): in float64, ~1e-7 or less means the two agree (our tests and this notebook
 require < 1e-7); 1e-4…1e-2 means something is off (or a kink, see below); > 1e-2 is a bug.
+""")
 
+md(r"""
+**One number for the whole array, not CS231n's entry-by-entry ratio.** CS231n's `rel_error` is
+$\max_i |x_i - y_i| / \max(10^{-8}, |x_i| + |y_i|)$: the worst *per-entry* relative error. Ours divides the
+largest absolute error by the largest magnitude anywhere in the array. That keeps entries near zero, where only
+the absolute error means anything, from failing a correct gradient on round-off; the price is that an error
+confined to entries much smaller than the largest one is diluted by the ratio between them. In a RoI op,
+for example, the cells at a RoI's border receive gradient only from the few bilinear samples that reach them,
+with small weights: a backward pass that got *only those* wrong could pass. Here is such a bug, next to a
+gradient that is right:
+""")
+
+code(r"""
+def rel_error_per_entry(x, y):                 # CS231n's formula
+    return float(np.max(np.abs(x - y) / np.maximum(1e-8, np.abs(x) + np.abs(y))))
+
+true_grad = np.array([1.0, -0.7, 0.4, 5e-8, -8e-8])      # three large entries and two tiny "border" ones
+buggy = true_grad.copy()
+buggy[3:] *= 2                                            # the tiny entries are wrong by 100 %
+print(f"whole array (ours): {rel_error(buggy, true_grad):.1e}   per entry (CS231n): "
+      f"{rel_error_per_entry(buggy, true_grad):.1e}")
+assert rel_error(buggy, true_grad) < 1e-7 < rel_error_per_entry(buggy, true_grad)
+""")
+
+md(r"""
+So a passing check says the gradient is right *at the scale of its largest entries*. Where a bug could hide in
+small entries, check them on their own: give the backward a `dout` that is non-zero only where the small
+entries come from (e.g. only the border bins of a RoI), or compare the entries above a floor one by one.
+""")
+
+md(r"""
 ### Why float64, and which h?
 
 Two errors fight. The formula's **truncation** error shrinks like $h^2$ (Taylor: the odd terms cancel).

@@ -604,7 +604,8 @@ assert min(by_h.values()) < 1e-7
 md("""
 ## 5. Counting parameters: ResNet-50-FPN Mask R-CNN
 
-The model of the paper's Table 2a/3 (`config.r50_fpn`), built with random weights (a second or so; we do not
+The ResNet-50-FPN of the paper's Table 2a and 2e (`config.r50_fpn`; Table 3's box results are for ResNet-101-FPN
+and ResNeXt-101-FPN only), built with random weights (a second or so; we do not
 run it here). Its parameter names and shapes are torchvision's `maskrcnn_resnet50_fpn`, so the count must be
 torchvision's too: **44,401,393**.
 """)

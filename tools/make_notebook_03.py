@@ -41,7 +41,9 @@ md("""
 ## Setup
 
 One synthetic image (the one notebook 02 used) is enough for this chapter: everything in the RPN happens
-per image. `TRAIN_STEPS` sets how long section 4 fits the RPN head to it.
+per image. `TRAIN_STEPS` sets how long section 4 fits the RPN head to it. Section 7 looks inside a *trained*
+RPN: set `FULL = True` to load the demo's model (`python -m minimaskrcnn demo` writes `runs/demo/last.npz`);
+by default it shows the head fitted in section 4 instead.
 """)
 
 code("""
@@ -49,6 +51,8 @@ code("""
 SEED = 0
 IMAGE_SEED = 0          # which shapes image
 TRAIN_STEPS = 40        # SGD steps fitting the RPN head to the image in section 4 (0: keep it untrained)
+FULL = False            # True: section 7 loads CHECKPOINT (default: the demo's runs/demo/last.npz)
+CHECKPOINT = None       # a checkpoint of config.tiny trained on the shapes set; None with FULL: the demo's
 """)
 
 code("""
@@ -57,6 +61,7 @@ import inspect
 import math
 import os
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -66,6 +71,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config, nn
+from minimaskrcnn.cli import DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.shapes import draw_shapes_image
 from minimaskrcnn.model import MaskRCNN
 from minimaskrcnn.model.rpn import RegionProposalNetwork, RPNHead, flatten_level, unflatten_level
@@ -673,9 +679,121 @@ the deltas. Faster R-CNN §3.2 calls dropping that path *approximate joint train
 minimaskrcnn does the same as Detectron and torchvision: `filter_proposals` works on plain arrays, the
 proposals (`model.last_proposals` after a training step) enter the RoI heads as constants, and nothing in
 `RegionProposalNetwork.backward` refers to them. The RPN still learns good boxes from its own loss, and the
-shared backbone receives the gradients of both stages. (In the paper's Appendix B, training RPN and Mask R-CNN
-end to end raises mask AP from 37.0 to 37.6, Table 8.)
+shared backbone receives the gradients of both stages.
 
+**The paper's ablations did not train this way.** §3.1: "For convenient ablation, RPN is trained separately and
+does not share features with Mask R-CNN, unless specified." The numbers of Table 2 come from an RPN trained on
+its own, whose proposals are fixed inputs to a separately trained Mask R-CNN; the timing of §4.4 is for shared
+features obtained with Faster R-CNN's 4-step alternating training. Appendix B then adds end-to-end (joint)
+training as an improvement of its own: mask AP 37.0 → 37.6 for X-101-FPN (Table 8). minimaskrcnn, like
+Detectron, Detectron2 and torchvision, always trains the RPN and the RoI heads jointly, in one backward pass.
+
+## 7. Inside a trained RPN
+
+Everything above ran on random backbone features, with a head fitted to one image. A trained RPN (Matterport's
+`inspect_model` notebook does the same for its model) shows what the pieces are for: which positions and levels
+fire, how far the deltas move the anchors, and which proposals reach the second stage. With `FULL = True` the
+model is the demo's, trained on thousands of shapes images like this one (it has never seen this exact image);
+without a checkpoint it is this notebook's model, whose head was fitted to this very image in section 4 on
+random features, so expect the same pictures, but sharper on this image and meaningless on any other.
+""")
+
+code("""
+REPO = Path("..").resolve()                                        # notebooks run from notebooks/
+if FULL and CHECKPOINT is None:
+    CHECKPOINT = REPO / DEFAULT_OUT / "last.npz"
+if CHECKPOINT is not None and not Path(CHECKPOINT).exists():
+    print(f"{CHECKPOINT} not found (run `python -m minimaskrcnn demo` first): using section 4's fitted head")
+    CHECKPOINT = None
+if CHECKPOINT is not None:
+    trained = load_checkpoint_model(str(CHECKPOINT)).eval()
+    print(f"loaded {CHECKPOINT}: trained for {trained.config.max_iters} iterations")
+else:
+    trained = model.eval()
+    print(f"no checkpoint: the model of section 4 (random backbone, RPN head fitted for {TRAIN_STEPS} steps)")
+assert trained.config.anchor_sizes == cfg.anchor_sizes and trained.config.min_size == H   # section 1's anchors
+t_batch, t_sizes, _, _ = trained.preprocess([image])
+t_feats = trained.backbone(t_batch)                                # P2..P6 of the trained backbone
+t_logits, t_deltas = trained.rpn.head(t_feats)
+t_obj = np.concatenate([flatten_level(lg, 1, 3, 1)[0, :, 0] for lg in t_logits])      # one logit per anchor
+t_dlt = np.concatenate([flatten_level(d, 1, 3, 4)[0] for d in t_deltas])
+t_proposals = trained.rpn(t_feats, t_sizes, t_batch.shape[-2:])[0][0]
+print(f"{len(t_proposals)} proposals; objectness > 0.5 at {np.sum(t_obj > 0):d} of {len(t_obj)} anchors")
+assert len(t_obj) == len(anchors) and np.all(np.isfinite(t_dlt))
+""")
+
+md("""
+**Objectness per level.** Each panel is one FPN level: the highest objectness of the 3 anchors at each position.
+An object should light up the level whose anchor size matches it (section 1: 16 px on P2 up to 256 px on P6), and
+little else.
+""")
+
+code("""
+t_maps = objectness_maps(t_logits)
+fig, axes = plt.subplots(1, 5, figsize=(14, 3))
+for lvl, (ax, m) in enumerate(zip(axes, t_maps)):
+    (h, w), s = feature_sizes[lvl], strides[lvl]
+    show(ax, f"P{lvl + 2} (anchors {cfg.anchor_sizes[lvl][0]} px): max {m.max():.2f}")
+    ax.imshow(m, extent=(-s / 2, w * s - s / 2, h * s - s / 2, -s / 2), cmap="viridis", vmin=0, vmax=1,
+              alpha=0.85, interpolation="nearest")
+fig.tight_layout()
+plt.show()
+""")
+
+md("""
+**Refined anchors.** The RPN's job is to *move* anchors onto objects. For the best boxes after NMS (each level
+on its own, as `filter_proposals` does), the anchor it started from (dashed) and the box its deltas make of it
+(solid), joined centre to centre. The table compares, for each object, the best IoU among all anchors with the
+best IoU among the refined boxes of the anchors that scored highest.
+""")
+
+code("""
+refined = clip_boxes_to_image(trained.rpn.box_coder.decode(t_dlt, anchors), t_sizes[0])   # every anchor, moved
+t_scores = 1 / (1 + np.exp(-t_obj))
+best = batched_nms(refined, t_scores, level_of, trained.rpn.nms_thresh, max_keep=12)
+fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+show(axes[0], "the 12 best: anchor (dashed) -> refined box (solid)")
+for i in best[::-1]:
+    color = plt.get_cmap("tab10")(int(level_of[i]))
+    draw_boxes(axes[0], [anchors[i]], color, lw=1, ls="--")
+    draw_boxes(axes[0], [refined[i]], color, lw=1.8)
+    (ax_, ay_), (bx_, by_) = (anchors[i, :2] + anchors[i, 2:]) / 2, (refined[i, :2] + refined[i, 2:]) / 2
+    axes[0].annotate("", (bx_, by_), (ax_, ay_), arrowprops=dict(arrowstyle="->", color=color, lw=1))
+show(axes[1], f"the library's proposals: the best 30 of {len(t_proposals)}")
+cmap = plt.get_cmap("autumn_r")
+for b, sc in zip(t_proposals[:30][::-1], np.sort(t_scores)[::-1][:30][::-1]):
+    draw_boxes(axes[1], [b], cmap(float(sc)), lw=1)
+fig.tight_layout()
+plt.show()
+
+top = np.argsort(-t_scores, kind="stable")[:100]                    # the 100 most confident anchors
+print(f"{'object':12s}{'best anchor IoU':>16s}{'its refined box':>16s}{'best of top-100 refined':>25s}"
+      f"{'best of proposals':>19s}")
+for g, b in enumerate(gt_boxes):
+    iou_a = box_iou(b[None], anchors)[0]
+    a = int(np.argmax(iou_a))
+    print(f"{NAMES[labels[g]]:12s}{iou_a[a]:16.3f}{box_iou(b[None], refined[a:a + 1])[0, 0]:16.3f}"
+          f"{box_iou(b[None], refined[top]).max():25.3f}{box_iou(b[None], t_proposals).max():19.3f}")
+""")
+
+md("""
+**Which levels the proposals come from.** Per level, the share of all anchors and the share of the proposals:
+the fine levels hold most anchors, but proposals go to whichever level's anchors fit the objects.
+""")
+
+code("""
+prop_level_t = level_of[np.argmax(box_iou(t_proposals, refined), axis=1)]   # the anchor each proposal came from
+share_anchors = np.bincount(level_of, minlength=5) / len(level_of)
+share_props = np.bincount(prop_level_t, minlength=5) / max(len(prop_level_t), 1)
+fig, ax = plt.subplots(figsize=(5, 2.6))
+x = np.arange(5)
+ax.bar(x - 0.2, share_anchors, 0.4, label="anchors"); ax.bar(x + 0.2, share_props, 0.4, label="proposals")
+ax.set_xticks(x, [f"P{k + 2}" for k in x]); ax.set_ylabel("share"); ax.legend()
+plt.show()
+assert np.isclose(share_props.sum(), 1.0)
+""")
+
+md("""
 ## Summary
 
 * Anchors: one size per FPN level (32…512 px in the paper, 16…256 px in `tiny`), 3 aspect ratios, centred

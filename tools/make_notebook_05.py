@@ -4,8 +4,15 @@
 """
 from notebook_builder import NotebookBuilder
 
+from minimaskrcnn import config
+
 NB = NotebookBuilder("05_heads_and_masks.ipynb")
 md, code = NB.md, NB.code
+# Figures quoted in the text come from the configurations themselves, so that the prose cannot drift from
+# the code (a test keeps the notebook equal to this script).
+TINY, PAPER = config.tiny(num_classes=4), config.r50_fpn()
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight"}
+MASK_CONVS = f"{WORDS[len(TINY.mask_layers)]} 3×3 convs of {TINY.mask_layers[0]}"
 
 
 md(r"""
@@ -57,6 +64,8 @@ JITTERED_PER_OBJECT = 30   # proposals scattered around each object (a trained R
 RANDOM_PROPOSALS = 100     # proposals anywhere in the image (mostly background)
 FIT_ROIS_PER_OBJECT = 4    # positive RoIs per object used to fit the mask branch in section 7
 FIT_STEPS = 40             # SGD steps of that fit
+FULL = False               # True: section 8 loads CHECKPOINT (default: the demo's runs/demo/last.npz)
+CHECKPOINT = None          # a checkpoint of config.tiny trained on the shapes set; None with FULL: the demo's
 """)
 
 code("""
@@ -64,6 +73,7 @@ import importlib.util
 import inspect
 import os
 import sys
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -73,8 +83,9 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config, nn
+from minimaskrcnn.cli import DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import MaskRCNN, build_model
 from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
                                           TwoMLPHead, boxes_to_rois, infer_scales)
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
@@ -83,6 +94,7 @@ from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,
                                     softmax_cross_entropy_forward)
 from minimaskrcnn.ops.boxes import BoxCoder, box_iou
 from minimaskrcnn.ops.masks import paste_masks_in_image, project_masks_on_boxes
+from minimaskrcnn.ops.poolers import LevelMapper
 from minimaskrcnn.viz.detections import class_color, draw_instances
 
 rng = np.random.default_rng(SEED)
@@ -91,14 +103,15 @@ plt.rcParams.update({"figure.dpi": 80, "font.size": 9})
 NAMES = ["__background__", "circle", "rectangle", "triangle"]
 """)
 
-md("""
+md(f"""
 ### One image, one untrained model
 
-`config.tiny` is the small ResNet-18-FPN of the demo: 64 FPN channels, a box head of two fc layers of 256
-(the paper: 1024), a mask head of two 3×3 convs of 64 (the paper: four of 256), 128 sampled RoIs per image
-(the paper: 512). `num_classes=4` counts the background: class 0, then circle, rectangle, triangle.
-The image is 128 × 128 and `min_size = max_size = 128`, so the model sees it unresized: boxes and masks
-are in the same pixels as the picture.
+`config.tiny` is the small ResNet-18-FPN of the demo: {TINY.fpn_channels} FPN channels, a box head of two fc
+layers of {TINY.representation_size} (the paper: {PAPER.representation_size}), a mask head of {MASK_CONVS}
+(the paper: {WORDS[len(PAPER.mask_layers)]} of {PAPER.mask_layers[0]}), {TINY.box_batch_size_per_image} sampled RoIs per
+image (the paper: {PAPER.box_batch_size_per_image}). `num_classes=4` counts the background: class 0, then circle,
+rectangle, triangle. The image is {TINY.min_size} × {TINY.min_size} and `min_size = max_size = {TINY.min_size}`,
+so the model sees it unresized: boxes and masks are in the same pixels as the picture.
 """)
 
 code("""
@@ -120,7 +133,7 @@ print("features:", [f.shape for f in features], " scales:", scales)
 assert tuple(sizes[0]) == image.shape[:2] and np.array_equal(targets[0]["boxes"], gt_boxes)
 """)
 
-md("""
+md(f"""
 ## 1. Which RoIs a training step looks at
 
 An untrained RPN proposes boxes almost at random, so we stand in for a trained one: 30 boxes jittered around
@@ -131,7 +144,8 @@ then does what §3.1 describes:
   training too);
 * **match** each box to the GT box it overlaps most: IoU ≥ 0.5 makes it a *positive* of that GT box's class,
   below 0.5 a *negative* (background, class 0). Unlike the RPN (0.7 / 0.3) nothing is ignored;
-* **sample** at most `batch_size_per_image` boxes (512 in the paper, 128 here) with at most 25 % positives;
+* **sample** at most `batch_size_per_image` boxes ({PAPER.box_batch_size_per_image} in the paper,
+  {TINY.box_batch_size_per_image} here) with at most 25 % positives;
   the rest are negatives;
 * **encode** each sample's regression target: the deltas that move it onto its matched GT box.
 """)
@@ -193,16 +207,20 @@ ax.set_title("matching at IoU 0.5, sampling at 25 % positives")
 plt.show()
 """)
 
-md("""
-With the default parameters the 25 % cap binds: there are many more positives than 32 (every object has
-~30 jittered boxes), so the sampler keeps a random 32 of them and fills the other 96 places with negatives.
+md(f"""
+With the default parameters the 25 % cap binds: there are many more positives than
+{int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} (every object has ~30 jittered boxes), so the
+sampler keeps a random {int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} of them and fills the
+other {TINY.box_batch_size_per_image - int(TINY.box_batch_size_per_image * TINY.box_positive_fraction)} places
+with negatives.
 Background RoIs teach the classifier what is *not* an object; without the cap, crowded images would give it
 almost none.
 
 ## 2. The box branch and its two losses
 
 Every sampled RoI is pooled to 7 × 7 (RoIAlign, from the FPN level that suits its size), flattened, and
-passed through `TwoMLPHead`: `fc6` and `fc7` with ReLU (1024 wide in the paper, 256 here). Then
+passed through `TwoMLPHead`: `fc6` and `fc7` with ReLU ({PAPER.representation_size} wide in the paper,
+{TINY.representation_size} here). Then
 `FastRCNNPredictor` gives two outputs per RoI:
 
 * `cls_score`: K + 1 = 4 logits (background first) for the softmax classifier;
@@ -277,12 +295,12 @@ assert np.isclose(loss_box, losses["loss_box_reg"], rtol=1e-5)
 assert np.isclose(loss_cls, np.log(4), rtol=0.2)   # untrained: close to a uniform guess over 4 classes
 """)
 
-md("""
+md(f"""
 ## 3. The mask branch is a small FCN
 
 The mask branch pools each *positive* RoI to 14 × 14, then (paper Fig. 4, right):
 
-* 4 × (3 × 3 conv, 256, ReLU) at 14 × 14 (here 2 × 64): `MaskRCNNHeads`;
+* 4 × (3 × 3 conv, 256, ReLU) at 14 × 14 (here {len(TINY.mask_layers)} × {TINY.mask_layers[0]}): `MaskRCNNHeads`;
 * a 2 × 2 **transposed convolution** with stride 2 (14 → 28) and ReLU, then a **1 × 1 conv to K maps**, one
   28 × 28 mask logit map per class: `MaskRCNNPredictor`.
 
@@ -658,13 +676,13 @@ for mode in ("sigmoid", "softmax"):
     assert err < 1e-7
 """)
 
-md("""
+md(f"""
 ## 7. From mask logits to masks in the image
 
 At test time (§3.1) the box branch runs on the proposals, then per-class NMS keeps the top detections (100 in
-the paper, 30 in `tiny`), and only then does the mask branch run, **on the detected boxes**, not on the
-proposals. Of its K maps per box, only the one of the **predicted class** is used: sigmoid → probabilities
-on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
+the paper, {TINY.detections_per_img} in `tiny`), and only then does the mask branch run, **on the detected
+boxes**, not on the proposals. Of its K maps per box, only the one of the **predicted class** is used:
+sigmoid → probabilities on a 28 × 28 grid over the box → resized to the box in the image and **binarised at 0.5**.
 
 An untrained mask head predicts noise, so first we fit the mask branch alone, for a few seconds, to a few
 positive RoIs of this one image, four per object (the pooled features stay fixed: the backbone and the box
@@ -773,21 +791,214 @@ plt.show()
 """)
 
 md("""
+## 8. Inside a trained model
+
+So far the heads were untrained (or, in section 7, fitted to one image). Here we look at a *trained* model's
+second stage on this image, as Matterport's `inspect_model` notebook does: which FPN levels its RoIs read, what
+its features look like, and what its mask head outputs on real detections. With `FULL = True` the model is the
+demo's (`python -m minimaskrcnn demo` writes `runs/demo/last.npz`), trained on thousands of shapes images like
+this one, never on this one. Without a checkpoint it is this notebook's model: **random backbone, untrained box
+branch, and the mask branch fitted in section 7** to this image; the same pictures, honestly less meaningful.
+""")
+
+code("""
+REPO = Path("..").resolve()                                        # notebooks run from notebooks/
+if FULL and CHECKPOINT is None:
+    CHECKPOINT = REPO / DEFAULT_OUT / "last.npz"
+if CHECKPOINT is not None and not Path(CHECKPOINT).exists():
+    print(f"{CHECKPOINT} not found (run `python -m minimaskrcnn demo` first): using this notebook's model")
+    CHECKPOINT = None
+if CHECKPOINT is not None:
+    trained = load_checkpoint_model(str(CHECKPOINT))
+    print(f"loaded {CHECKPOINT}: trained for {trained.config.max_iters} iterations")
+else:
+    trained = model
+    print("no checkpoint: this notebook's model (random backbone, untrained box branch, mask branch of section 7)")
+trained.eval()
+t_batch, t_sizes, _, _ = trained.preprocess([image])
+t_feats = trained.backbone(t_batch)                                  # P2..P6
+t_proposals = trained.rpn(t_feats, t_sizes, t_batch.shape[-2:])[0]  # one (P, 4) array per image
+t_features = t_feats[:-1]                                            # P2..P5: what the RoI heads pool
+t_detections = trained.roi_heads.predict(t_features, t_proposals, t_sizes)[0]
+print(f"{len(t_proposals[0])} proposals -> {len(t_detections['boxes'])} detections; best: " +
+      ", ".join(f"{NAMES[k]} {s:.2f}" for k, s in zip(t_detections["labels"][:4], t_detections["scores"][:4])))
+""")
+
+md("""
+### Which FPN level each RoI reads
+
+`MultiScaleRoIAlign` sends a RoI of size $\\sqrt{wh}$ to level $k = \\lfloor 4 + \\log_2(\\sqrt{wh}/224) \\rfloor$,
+clamped to P2…P5 (FPN's Eq. 1, with 224 px, an ImageNet object, on P4). That rule was made for 800 px COCO
+images. On our 128 px images, whose objects are 10–60 px, almost every RoI falls below 112 px and reads **P2**:
+the other levels feed the RPN but hardly the RoI heads. (Exercise 7 changes `canonical_scale`.)
+""")
+
+code("""
+mapper = LevelMapper(2, 5)                      # P2..P5, canonical 224 px on P4
+level_props = mapper(boxes_to_rois(t_proposals, np))
+level_dets = mapper(boxes_to_rois([t_detections["boxes"]], np))
+level_gt = mapper(boxes_to_rois([gt_boxes], np))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3), width_ratios=[1, 1.2])
+x = np.arange(4)
+for k, (name, lv) in enumerate([("proposals", level_props), ("detections", level_dets), ("GT boxes", level_gt)]):
+    axes[0].bar(x + (k - 1) * 0.27, np.bincount(lv, minlength=4) / max(len(lv), 1), 0.27, label=name)
+axes[0].set_xticks(x, ["P2", "P3", "P4", "P5"]); axes[0].set_ylabel("share of RoIs"); axes[0].legend(fontsize=8)
+side = np.sqrt(np.prod(t_proposals[0][:, 2:] - t_proposals[0][:, :2], axis=1))
+axes[1].hist(side, bins=30, color="0.6")
+for edge in (112, 224, 448):
+    axes[1].axvline(edge, color="k", ls="--", lw=1)
+axes[1].set_xlabel("proposal size sqrt(wh), px (dashed: level boundaries)"); axes[1].set_ylabel("proposals")
+plt.show()
+print("share of proposals per level P2..P5:", np.round(np.bincount(level_props, minlength=4) / len(level_props), 3))
+assert np.all(level_gt == 0)                    # every object here is smaller than 112 px: P2
+""")
+
+md("""
+### Trained activations
+
+The mean absolute activation of each FPN level over its channels; then, for the best detection, the four most
+active channels of every layer of the mask branch (the 14 × 14 pooled features, each 3 × 3 conv, the 2 × 2
+deconvolution) and the map of the predicted class. In a trained model the mask branch's channels already outline
+the object a layer or two before the output.
+""")
+
+code("""
+fig, axes = plt.subplots(1, 5, figsize=(13, 2.8))
+axes[0].imshow(image); axes[0].set_title("image", fontsize=8); axes[0].set_axis_off()
+for lvl, (ax, f) in enumerate(zip(axes[1:], t_features)):
+    ax.imshow(np.abs(f[0]).mean(axis=0), cmap="magma"); ax.set_axis_off()
+    ax.set_title(f"P{lvl + 2} {f.shape[2]}x{f.shape[3]}: mean |activation|", fontsize=8)
+plt.show()
+
+t_rh = trained.roi_heads
+t_scales = infer_scales(t_features, t_sizes)
+D_t = len(t_detections["boxes"])
+assert D_t > 0, "no detection to look at"
+x, _ = t_rh.pool(t_features, boxes_to_rois([t_detections["boxes"][:1]], np), t_rh.mask_pool_size, t_scales)
+stages = [("pooled 14x14", x)]
+for k, block in enumerate(t_rh.mask_head):
+    x = block(x)
+    stages.append((f"mask_head.{k} (3x3 conv)", x))
+x = t_rh.mask_predictor.relu(t_rh.mask_predictor.conv5_mask(x))
+stages.append(("conv5_mask (deconv) 28x28", x))
+logits_best = t_rh.mask_predictor.mask_fcn_logits(x)
+n_ch = 4
+fig, axes = plt.subplots(len(stages), n_ch + 1, figsize=(1.7 * (n_ch + 1), 1.7 * len(stages)))
+for row, (name, a) in enumerate(stages):
+    strongest = np.argsort(-np.abs(a[0]).mean(axis=(1, 2)))[:n_ch]          # the most active channels
+    for col, c in enumerate(strongest):
+        axes[row, col].imshow(a[0, c], cmap="viridis"); axes[row, col].set_axis_off()
+    axes[row, 0].set_title(name, fontsize=7, loc="left")
+    axes[row, n_ch].set_axis_off()
+axes[-1, n_ch].imshow(1 / (1 + np.exp(-logits_best[0, t_detections["labels"][0]])), cmap="viridis", vmin=0, vmax=1)
+axes[-1, n_ch].set_title(f"output: {NAMES[t_detections['labels'][0]]}", fontsize=7)
+plt.show()
+""")
+
+md("""
+### The mask head on real RoIs
+
+For the best detections: the 28 × 28 sigmoid of **every** class map (only the predicted class's, marked ←, is
+used), and the mask pasted into the image and binarised at 0.5. A trained class-specific head often draws a fair
+mask in the maps of other classes too (section 7), since much of what it learns is "the object in this box".
+""")
+
+code("""
+n_show = min(4, D_t)
+x, _ = t_rh.pool(t_features, boxes_to_rois([t_detections["boxes"][:n_show]], np), t_rh.mask_pool_size, t_scales)
+all_maps = 1 / (1 + np.exp(-t_rh.mask_predictor(t_rh.mask_head(x))))             # (n, K, 28, 28)
+assert np.allclose(all_maps[np.arange(n_show), t_detections["labels"][:n_show]],
+                   t_detections["mask_probs"][:n_show], atol=1e-6)              # predict reads the same maps
+pasted = paste_masks_in_image(t_detections["mask_probs"][:n_show], t_detections["boxes"][:n_show],
+                              image.shape[:2], threshold=0.5)
+fig, axes = plt.subplots(n_show, 5, figsize=(9, 1.9 * n_show), squeeze=False)
+for r in range(n_show):
+    k = t_detections["labels"][r]
+    for c in range(4):
+        axes[r, c].imshow(all_maps[r, c], cmap="viridis", vmin=0, vmax=1); axes[r, c].set_axis_off()
+        axes[r, c].set_title(f"map {c} ({['bg', *NAMES[1:]][c]}){' <-' if c == k else ''}", fontsize=7)
+    draw_instances(image, t_detections["boxes"][r:r + 1], t_detections["labels"][r:r + 1], pasted[r:r + 1],
+                   t_detections["scores"][r:r + 1], NAMES, ax=axes[r, 4])
+plt.show()
+trained.train()
+""")
+
+md("""
+## 9. The C4 head: res5 shared by boxes and masks, 14 × 14 masks
+
+The paper's other backbone (Fig. 4, left; ResNet-50-C4 in Table 2a and in the ablations of Table 2b–2d) has no
+pyramid. Everything before the RoIs uses one map, C4 (stride 16), and the **fifth ResNet stage, res5, becomes
+the RoI head**, shared by both branches (`model/mask_rcnn_c4.py`, `config.r50_c4`):
+
+* RoIAlign **14 × 14** on C4 → res5 (its first block has stride 2) → (R, 2048, 7, 7);
+* box branch: average pool → (R, 2048) → class logits and box deltas;
+* mask branch: a 2 × 2 deconvolution (7 → 14) and a 1 × 1 conv → K maps of **14 × 14** (not 28 × 28);
+* in training the mask predictor reads the res5 output of the positive RoIs (res5 runs once, and its gradient
+  is the sum of both branches'); at test time the detections go through res5 again.
+
+res5 is heavy (about 15 M parameters, and most of the model's per-RoI compute), which is why C4 samples 64 RoIs
+per image in training (FPN: 512) and keeps 300 proposals at test time (FPN: 1000), and why the paper's R-101-C4
+runs at about 400 ms per image against 195 ms for R-101-FPN (§4.4), so that "we do not recommend using the C4
+variant in practice". Below, a narrow ResNet-18-C4 with `tiny`'s widths (random weights) on our image, shape
+by shape.
+""")
+
+code("""
+c4_cfg = config.r50_c4(4, depth=18, norm="bn", stage_widths=(16, 32, 64, 128), stem_channels=16,
+                       frozen_stages=0, mask_dim_reduced=32, min_size=128, max_size=128,
+                       anchor_sizes=((16, 32, 64, 128, 256),), rpn_post_nms_top_n=(300, 50))
+c4 = build_model(c4_cfg).eval()
+print(type(c4).__name__, "| roi_heads.box_head:", type(c4.roi_heads.box_head).__name__,
+      "| roi_heads.mask_head:", c4.roi_heads.mask_head)
+c4_batch, c4_sizes, _, _ = c4.preprocess([image])
+c4_feats = c4.backbone(c4_batch)                                         # [C4]
+c4_scales = infer_scales(c4_feats, c4_sizes)
+x, _ = c4.roi_heads.pool(c4_feats, boxes_to_rois([gt_boxes], np), c4_cfg.box_pool_size, c4_scales)
+res5 = c4.roi_heads.box_head(x)
+c4_logits, c4_deltas = c4.roi_heads.box_predictor(res5)
+c4_masks = c4.roi_heads.mask_predictor(res5)
+for name, a in [("image batch", c4_batch), ("C4 (stride 16)", c4_feats[0]), ("RoIAlign 14x14 of the GT boxes", x),
+                ("res5 (shared)", res5), ("box branch: class logits", c4_logits), ("box branch: deltas", c4_deltas),
+                ("mask branch: K maps", c4_masks)]:
+    print(f"{name:32s} {a.shape}")
+assert len(c4_feats) == 1 and c4_scales == [1 / 16]
+assert res5.shape[2:] == (7, 7) and c4_masks.shape == (G, 4, 14, 14)
+res5_r50 = build_model(config.r50_c4(81)).roi_heads.box_head.num_parameters()
+print(f"parameters: res5 {c4.roi_heads.box_head.num_parameters():,} of {c4.num_parameters():,} in this model; "
+      f"ResNet-50's res5: {res5_r50:,}")
+""")
+
+md("""
+**What 14 × 14 costs.** The round trip of section 7 (GT mask → m × m target → pasted → binarised) at the C4
+resolution and at the FPN one: the mask IoU that a perfect mask head could reach at each. Our objects are 10–60
+px, about the size of the grid itself, so 14 × 14 loses little here (the binarised soft edge decides more than
+the resolution); on COCO's large objects, hundreds of pixels wide, a 14 × 14 grid cannot follow the outline,
+one reason the FPN head's 28 × 28 masks are finer.
+""")
+
+code("""
+for m in (14, 28):
+    targets_m = project_masks_on_boxes(gt_masks, gt_boxes, np.arange(G), m)
+    back = paste_masks_in_image(targets_m, gt_boxes, image.shape[:2], threshold=0.5)
+    print(f"M = {m}: round-trip mask IoU per object", np.round([mask_iou(back[g], gt_masks[g]) for g in range(G)], 3))
+""")
+
+md(f"""
 ## Summary
 
 * Training uses **proposals + GT boxes**, matched at **IoU 0.5** (positive: the GT box's class; otherwise
   background), **sampled** to `batch_size_per_image` RoIs per image (512 in the paper) with at most **25 %**
   positives.
 * The **box branch**: RoIAlign 7 × 7 → two fc layers → K + 1 class logits and **class-specific** deltas,
-  encoded with weights (10, 10, 5, 5). $L_{cls}$ is the mean cross-entropy over all sampled RoIs;
-  $L_{box}$ is smooth L1 (β = 1/9) on the GT class's deltas of the positives, **summed and divided by all
+  encoded with weights (10, 10, 5, 5). $L_{{cls}}$ is the mean cross-entropy over all sampled RoIs;
+  $L_{{box}}$ is smooth L1 (β = 1/9) on the GT class's deltas of the positives, **summed and divided by all
   sampled RoIs**.
 * The **mask branch** is an FCN: RoIAlign 14 × 14 → 3 × 3 convs → 2 × 2 deconv → 1 × 1 conv to **K maps
   of 28 × 28**. Convolutions keep the spatial layout (a shifted input gives a shifted mask) and share their
   weights across positions: more accurate and much smaller than an MLP (Table 2e, +2.1 AP).
 * **Mask targets** are the matched GT mask, RoIAligned to 28 × 28 over the RoI: the object's pixels inside
   the RoI, soft at the edges, other instances excluded.
-* $L_{mask}$ is the mean per-pixel **sigmoid** cross-entropy on the **GT class's map only**: no competition
+* $L_{{mask}}$ is the mean per-pixel **sigmoid** cross-entropy on the **GT class's map only**: no competition
   between classes (a softmax over classes loses 5.5 AP, Table 2b); the classifier picks the mask.
 * At test time the mask branch runs on the **final detections**; the predicted class's map goes through a
   sigmoid, is pasted into its box and binarised at 0.5.
@@ -797,23 +1008,29 @@ md("""
 
 1. **Class-agnostic masks.** The paper reports 29.7 AP for a single class-agnostic mask vs 30.3 for
    class-specific ones (ResNet-50-C4): nearly as good, because the mask head mostly learns "the object in
-   this box". Build `MaskRCNNPredictor(64, 64, num_classes=1)` (or `config.tiny(4, class_agnostic_masks=True)`),
-   redo the fit of section 7 and compare the IoUs. Which lines of `RoIHeads._mask_loss` and `predict` handle
-   the single map?
+   this box". Build `MaskRCNNPredictor({TINY.mask_layers[-1]}, {TINY.mask_dim_reduced}, num_classes=1)` (the
+   width of `tiny`'s mask head), use it in place of `rh.mask_predictor` in the fit of section 7 (and in its
+   optimizer), read map 0 instead of map `fit_labels`, and compare the IoUs. A whole model that does this is
+   `build_model(config.tiny(4, class_agnostic_masks=True))`: which lines of `RoIHeads` handle its single map,
+   in the loss and in `predict`?
 2. **Sampling.** Set `rh.sampler.positive_fraction = 0.5` and `RANDOM_PROPOSALS = 10`: how many negatives are
    left in the batch? What would that do to the classifier's background score at test time?
-3. **Normalisation.** Divide $L_{box}$ by the number of positives instead of all samples. By how much does
-   $L_{box}$ change on this image, and why might a smaller box loss early in training be intended?
+3. **Normalisation.** Divide $L_{{box}}$ by the number of positives instead of all samples. By how much does
+   $L_{{box}}$ change on this image, and why might a smaller box loss early in training be intended?
 4. **Softmax at test time.** With `mask_loss='softmax'`, `predict` takes the softmax over the K maps and
    reads the predicted class's probability. In the example of section 5, what mask would it return for
    the rectangle? Build a toy case where the sigmoid and the softmax masks of the same logits differ most.
-5. **An MLP mask head (Table 2e).** Replace the head with `Flatten → Linear(64·14·14, 256) → ReLU →
+5. **An MLP mask head (Table 2e).** Replace the head with `Flatten → Linear({TINY.fpn_channels}·14·14, 256) → ReLU →
    Linear(256, 4·28·28)`, count its parameters, fit it as in section 7 and compare the masks on RoIs that
    were not in the fit (e.g. other jittered boxes).
 6. **The 28 × 28 resolution.** The round trip of section 7 (GT → 28 × 28 target → pasted → binarised) shows
    what the mask resolution alone costs. (Why can the fitted head beat it on an object? Think of what 0.5
    means for a soft target at the edge.) Compute it for masks of several sizes and for `M = 14` (the C4
    head): which objects suffer?
+7. **FPN levels for small images.** Section 8 shows that on 128 px images nearly every RoI reads P2. Build the
+   mapper with `LevelMapper(2, 5, canonical_scale=56)` (a 56 px RoI on P4, scaling FPN's rule to images about
+   four times smaller than COCO's) and redraw the histogram. Which levels would the RoIs then read, and why would
+   the demo's model need retraining to use them?
 """)
 
 

@@ -4,8 +4,11 @@
 """
 from notebook_builder import NotebookBuilder
 
+from minimaskrcnn import config
+
 NB = NotebookBuilder("07_inference_and_evaluation.ipynb")
 md, code = NB.md, NB.code
+TINY = config.tiny(num_classes=4)     # the demo's model and schedule, quoted in the text from the config itself
 
 
 md(r"""
@@ -84,6 +87,7 @@ from minimaskrcnn.cli import DEFAULT_DATA, DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader, postprocess_boxes
+from minimaskrcnn.engine.analysis import ERROR_KINDS, error_breakdown
 from minimaskrcnn.engine.evaluator import CocoEvaluator
 from minimaskrcnn.engine.inference import evaluate_model
 from minimaskrcnn.engine.trainer import Trainer
@@ -641,11 +645,47 @@ md("""
 AP = the mean of all (threshold, recall level, class) samples of the classes that have objects. Two COCO details
 are easy to get wrong:
 
-* an object's area for the area ranges is the annotation's `area` (the **mask's** pixel count, even for box AP),
-  while a detection's is its **box** area `w × h`, for `segm` too: `CocoEvaluator`'s results carry a `bbox`,
-  and `COCO.loadRes` then takes the box area;
+* the area that puts an object in a range is the annotation's `area` (the **mask's** pixel count, even for box
+  AP). A detection's own area (an unmatched detection outside the range is ignored rather than counted as a
+  false positive) is what `COCO.loadRes` gives it: its **box** area `w × h` for `bbox` results, its **mask's**
+  pixel count (from the RLE) for `segm` results. That last rule holds only if the segm results carry *no*
+  `bbox`: `loadRes` looks at the first result, and if it has a `bbox` it takes the box area for every
+  detection, masks or not. So `CocoEvaluator`, like torchvision's and Detectron2's evaluators, leaves the
+  `bbox` out of its segm results (the cell below shows both);
 * `maxDets = 100` limits the detections per image *and class* (pycocotools evaluates each (image, class) pair on
   its own).
+""")
+
+code("""
+# COCO's area rule for segm. One small disk (radius 10), found exactly (score 0.8), and a more confident false
+# positive (score 0.9): a disk of radius 17 where there is none. Its mask (908 px) is *small* (< 32² = 1024); its
+# tight box (34 x 34 = 1156 px) is *medium*. The same two results, with and without a bbox:
+from pycocotools.cocoeval import COCOeval
+
+small_gt, false_pos = disk(40, 40, 10), disk(110, 110, 17)
+one_coco = coco_from({1: [(DK, small_gt)]}, TOY_NAMES, S)
+
+def segm_result(mask, score, with_bbox):
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r = {"image_id": 1, "category_id": DK, "score": score,
+         "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}}
+    if with_bbox:
+        x1, y1, x2, y2 = box_of(mask)
+        r["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+    return r
+
+aps = {}
+for with_bbox in (False, True):
+    results = [segm_result(false_pos, 0.9, with_bbox), segm_result(small_gt, 0.8, with_bbox)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = one_coco.loadRes(results)
+        ev = COCOeval(one_coco, dt, "segm")
+        ev.evaluate(); ev.accumulate(); ev.summarize()
+    aps[with_bbox] = ev.stats[3]
+    print(f"segm results {'with' if with_bbox else 'without'} bbox: the false positive's area "
+          f"{dt.anns[1]['area']:5.0f} -> APs {ev.stats[3]:.3f}")
+assert np.isclose(aps[False], 0.5)  # the false positive is small, ranks first: precision 1/2 at recall 1
+assert np.isclose(aps[True], 1.0)   # taken as medium, it is ignored when scoring small objects
 """)
 
 code("""
@@ -675,7 +715,11 @@ def coco_ap(gt, pred, iou_type, max_dets=100):
                 if len(dsel) == 0:
                     continue
                 d_xywh = to_xywh(p["boxes"])[dsel]
-                d_out = (d_xywh[:, 2] * d_xywh[:, 3] < lo) | (d_xywh[:, 2] * d_xywh[:, 3] > hi)
+                if iou_type == "bbox":                          # a detection's own area: its box's ...
+                    d_area = d_xywh[:, 2] * d_xywh[:, 3]
+                else:                                           # ... or its mask's pixel count
+                    d_area = (np.asarray(p["masks"])[dsel] >= 0.5).reshape(len(dsel), -1).sum(axis=1)
+                d_out = (d_area < lo) | (d_area > hi)
                 if len(gsel) == 0:
                     ious = np.zeros((len(dsel), 0))
                 elif iou_type == "bbox":
@@ -825,6 +869,72 @@ if all(counts.values()):                        # the summary's AP is the mean o
 """)
 
 md("""
+### Where the errors are: a breakdown, and the worst failures
+
+AP compresses everything into one number. `minimaskrcnn.engine.analysis.error_breakdown` sorts every detection
+in the spirit of COCO's `analyze()` (Hoiem et al., ECCV 2012), per image in score order, by mask IoU:
+**correct** (IoU ≥ 0.5 with a free object of its class), **duplicate** (its object was already found),
+**localization** (right class, IoU 0.1–0.5), **confusion** (no object of its class nearby, but one of another
+class at IoU ≥ 0.1), **background** (overlaps nothing); and every object no correct detection found is
+**missed**. We count them for all detections (score ≥ 0.05, what AP sees) and for the confident ones
+(score ≥ 0.5, what a user would draw).
+""")
+
+code("""
+eval_targets = [eval_set.get_target(i) for i in range(len(eval_set))]
+kinds = (*ERROR_KINDS, "missed")
+breakdowns = {thr: error_breakdown(eval_targets, predictions, "segm", score_thresh=thr) for thr in (0.05, 0.5)}
+fig, ax = plt.subplots(figsize=(7, 2.4))
+colors = dict(zip(kinds, ["tab:green", "tab:olive", "tab:orange", "tab:purple", "tab:red", "0.5"]))
+for row, (thr, b) in enumerate(breakdowns.items()):
+    left = 0
+    for kind in kinds:
+        ax.barh(row, b.counts[kind], left=left, color=colors[kind], label=kind if row == 0 else None)
+        left += b.counts[kind]
+    print(f"score >= {thr}: {b.counts}  ({b.num_objects} objects)")
+ax.set_yticks([0, 1], [f"score >= {t}" for t in breakdowns]); ax.set_xlabel("detections (and missed objects)")
+ax.legend(fontsize=7, ncol=6, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+plt.show()
+b = breakdowns[0.05]
+assert b.counts["correct"] + b.counts["missed"] == b.num_objects       # each object: found once, or missed
+""")
+
+md("""
+The gallery: the most confident wrong detections (dashed outline: the object that decided the kind of error),
+then the largest objects that no confident detection found (with the detection that overlaps each most, if any).
+""")
+
+code("""
+wrong, _ = breakdowns[0.05].worst(4)
+_, missed = breakdowns[0.5].worst(4)
+cases = [("wrong", d) for d in wrong] + [("missed", m) for m in missed]
+if cases:
+    fig, axes = plt.subplots(1, len(cases), figsize=(2.4 * len(cases), 2.8), squeeze=False)
+    for ax, (what, case) in zip(axes[0], cases):
+        img, tgt, pred = eval_set.load_image(case.image), eval_targets[case.image], predictions[case.image]
+        if what == "wrong":
+            i = case.index
+            draw_instances(img, pred["boxes"][i:i + 1], pred["labels"][i:i + 1], pred["masks"][i:i + 1],
+                           pred["scores"][i:i + 1], NAMES, ax=ax)
+            title = f"{case.kind}, IoU {case.iou:.2f}"
+            if case.gt >= 0:
+                ax.contour(tgt["masks"][case.gt], levels=[0.5], colors="w", linewidths=1, linestyles="--")
+                title += f"\\n(with a {NAMES[case.gt_label]})" if case.kind == "confusion" else ""
+        else:
+            g = case.index
+            draw_instances(img, tgt["boxes"][g:g + 1], tgt["labels"][g:g + 1], tgt["masks"][g:g + 1], ax=ax,
+                           class_names=NAMES)
+            title = f"missed {NAMES[case.label]}, {case.area:.0f} px"
+            if case.best_det >= 0:
+                ax.contour(pred["masks"][case.best_det], levels=[0.5], colors="w", linewidths=1, linestyles="--")
+                title += f"\\nbest: {NAMES[case.best_label]}, IoU {case.best_iou:.2f}"
+        ax.set_title(title, fontsize=7)
+    plt.show()
+else:
+    print("no error to show")
+""")
+
+md("""
 ### Memorised images vs new images
 
 The short run has seen each of its 4 images 100 times. The same model on 16 images it has never seen:
@@ -839,11 +949,11 @@ else:
     print("(FULL: the evaluated set is already the validation set)")
 """)
 
-md("""
+md(f"""
 A network this size needs thousands of iterations on thousands of images to *generalise*; memorising 4 images
 only takes a hundred. That gap is why AP is always reported on images held out from training (COCO's
-`minival` / `test-dev` in the paper). The demo's model (`FULL = True`) is trained on 2,000 images for 2,000
-iterations.
+`minival` / `test-dev` in the paper). The demo's model (`FULL = True`) is trained on 2,000 images for
+{TINY.max_iters:,} iterations of {TINY.images_per_batch} images.
 
 ## Summary
 
@@ -855,16 +965,22 @@ iterations.
   mean over 10 IoU thresholds (0.50:0.95) and the classes; AP50, AP75 fix the threshold; APs/m/l filter by the
   objects' (mask) area.
 * About a hundred lines of NumPy reproduce `COCOeval` to 1e-9 on a toy set and on the model's detections,
-  including the subtle parts: ignored objects tried last, the area of a detection taken from its box,
-  `np.spacing(1)` in the precision.
+  including the subtle parts: ignored objects tried last, a detection's area taken from its box for box AP and
+  from its mask for mask AP, `np.spacing(1)` in the precision.
+* Beyond AP, an error breakdown (`engine.analysis.error_breakdown`) says *why* detections fail: duplicates,
+  poor localisation, class confusion, background, missed objects; the worst cases are worth looking at.
 
 ## Exercises
 
 1. **Score threshold.** Set `rh.score_thresh = 0.5` and re-evaluate. Why can AP only stay the same or drop,
    although the dropped detections all have low scores? (Think of where they sit on the PR curve.) What
    does a threshold buy at inference time, then?
-2. **NMS threshold.** Try `rh.nms_thresh` 0.3 (Detectron's original) and 0.7. Which objects does 0.3 lose (look
-   for overlapping shapes), and what does 0.7 add?
+2. **NMS threshold.** Try `rh.nms_thresh` 0.3 and 0.7. 0.3 is the default test-time NMS that the paper's
+   original results used, inherited from Fast/Faster R-CNN (`TEST.NMS = 0.3` in py-faster-rcnn, and still the
+   default in Detectron's `core/config.py`). Appendix B's "updated baseline" uses 0.5 instead, with a longer
+   schedule (Table 8: mask AP 36.7 → 37.0), and so does every Mask R-CNN config Detectron published, as well as
+   Detectron2 and torchvision (our 0.5). Which objects does 0.3 lose (look for overlapping shapes), and what
+   does 0.7 add?
 3. **The 101 points.** PASCAL VOC 2007 used 11 recall levels (0, 0.1, ..., 1), VOC 2010+ the exact area under the
    envelope. Compute both for the toy disks and compare with the 101-point AP.
 4. **A duplicate.** In the toy example, give the duplicate square (score 0.80) a score of 0.10 instead. Which of

@@ -5,12 +5,18 @@ teacher can change a cell and rebuild. Cell ids are numbered, not random, so reb
 rewrites the very same file. A code cell that starts with ``# Parameters`` gets papermill's ``parameters``
 tag, so ``papermill -p FULL True`` (or a teacher's tooling) can set them from outside.
 """
+import sys
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+if str(ROOT) not in sys.path:
+    # The scripts write figures (iterations, layer widths, ...) into the prose from this checkout's
+    # minimaskrcnn.config, so that the text cannot drift from the code.
+    sys.path.insert(0, str(ROOT))
 
 
 class NotebookBuilder:
