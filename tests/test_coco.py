@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from minimaskrcnn.data.coco import CocoDataset, DatasetError
+from minimaskrcnn.data.coco import CocoDataset, DatasetError, _compressed_rle_runs, read_rgb_image
 
 H, W = 24, 32
 
@@ -174,6 +174,13 @@ BAD_FILES = [
     ("rle size", _mutate(["annotations", 1, "segmentation", "size"], [W, H]), "differs from the image's"),
     ("rle counts sum", _mutate(["annotations", 2, "segmentation", "counts"], [3, 4]), "summing to"),
     ("segmentation text", _mutate(["annotations", 2, "segmentation"], "x"), "'segmentation' must be"),
+    # A compressed RLE whose runs cover another image's pixels (copied from a 24 x 40 mask): pycocotools
+    # only fails when the mask is decoded, in the middle of training.
+    ("compressed rle too long", _mutate(["annotations", 1, "segmentation", "counts"],
+                                        mask_util.encode(np.asfortranarray(np.ones((H, W + 8), np.uint8)))[
+                                            "counts"].decode("ascii")), "do not decode to runs covering"),
+    ("compressed rle cut", _mutate(["annotations", 1, "segmentation", "counts"], _rle(RLE_MASK)["counts"][:3]),
+     "do not decode to runs covering"),
     ("iscrowd 2", _mutate(["annotations", 0, "iscrowd"], 2), "'iscrowd' must be 0 or 1"),
 ]
 
@@ -207,3 +214,54 @@ def test_missing_and_broken_files(tmp_path):
     Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "train" / "b.png")
     with pytest.raises(DatasetError, match=r"image is 25x32 \(HxW\) but .* says 24x32"):
         lazy[1]
+
+
+def test_compressed_rle_runs_are_pycocotools_runs():
+    """Our reading of the compressed string (used to check it at load) gives pycocotools' own runs."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        h, w = rng.integers(1, 60, size=2)
+        mask = rng.random((h, w)) < rng.random()
+        if rng.random() < 0.5:                       # long runs too (multi-char and negative differences)
+            mask = np.zeros((h, w), bool)
+            mask[rng.integers(0, h):, rng.integers(0, w):] = True
+        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        runs = _compressed_rle_runs(rle["counts"])
+        assert runs == _uncompressed_rle_of(mask)
+
+
+def _uncompressed_rle_of(mask):
+    flat = mask.astype(np.uint8).ravel(order="F")
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    return [0] + counts if flat[0] == 1 else counts
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_images_are_scaled_not_clipped(tmp_path, mode):
+    """A 16-bit grey PNG (0..65535) reads as 0..255, as a viewer shows it, not as pure white."""
+    ramp = np.linspace(0, 65535, H * W).reshape(H, W)
+    path = tmp_path / ("x.png" if mode == "I;16" else "x.tiff")        # PIL writes 32-bit grey as TIFF only
+    Image.fromarray(ramp.astype(np.uint16 if mode == "I;16" else np.int32)).save(path)
+    with Image.open(path) as im:
+        assert im.mode == mode
+    image = read_rgb_image(path)
+    assert image.dtype == np.uint8 and image.shape == (H, W, 3)
+    expected = np.rint(ramp.astype(np.uint16) / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0], expected)
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+    assert image.min() == 0 and image.max() == 255
+
+
+def test_palette_grey_alpha_and_float_images(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as im:
+        np.testing.assert_array_equal(read_rgb_image(tmp_path / "p.png"), np.asarray(im.convert("RGB")))
+    grey = rng.integers(0, 256, (H, W), dtype=np.uint8)
+    Image.fromarray(np.stack([grey, grey], -1), mode="LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "la.png"), np.repeat(grey[..., None], 3, 2))
+    unit = rng.random((H, W)).astype(np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "f.tiff")
+    np.testing.assert_array_equal(read_rgb_image(tmp_path / "f.tiff")[..., 1], np.rint(unit * 255.0))

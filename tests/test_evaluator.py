@@ -161,3 +161,47 @@ def test_bad_predictions_are_named(dataset):
     evaluator.update(dataset.image_ids[0], good)
     with pytest.raises(ValueError, match="already added"):
         evaluator.update(dataset.image_ids[0], good)
+
+
+def test_segm_area_ranges_come_from_the_masks(dataset, tmp_path):
+    """COCO's rule: a mask detection's area (for APs / APm / APl) is its mask's pixel count. Segm results
+    must carry no box, or COCO.loadRes takes the box area instead (torchvision and Detectron2 omit it)."""
+    predictions = []
+    for p in _perfect(dataset):
+        # Besides the perfect detections, a confident false positive: a small mask (36 px, 'small') in a box
+        # of the whole image (4096 px, 'medium'). Scored by its box area it would be ignored for APs.
+        mask = np.zeros((1, 64, 64), np.uint8)
+        mask[0, 58:64, 58:64] = 1
+        predictions.append({"boxes": np.concatenate([p["boxes"], [[0, 0, 64, 64]]]).astype(np.float32),
+                            "labels": np.concatenate([p["labels"], [1]]),
+                            "scores": np.concatenate([p["scores"] * 0.5, [1.0]]),
+                            "masks": np.concatenate([p["masks"], mask])})
+    summary, _ = evaluate_predictions(dataset, predictions, out_dir=tmp_path, verbose=False, iou_types=("segm",))
+    saved = json.loads((tmp_path / "segm_results.json").read_text())
+    assert saved and all("bbox" not in r for r in saved)
+    without_box = [{k: v for k, v in r.items() if k != "bbox"} for r in _by_hand(dataset, predictions, "segm")]
+    direct = _direct_cocoeval(dataset.coco, without_box, "segm", dataset.image_ids)
+    np.testing.assert_array_equal([summary["segm"][k] for k in STAT_NAMES], direct.stats)
+    assert summary["segm"]["APs"] < 1.0                 # the false positives count against small objects
+    with_box = _direct_cocoeval(dataset.coco, _by_hand(dataset, predictions, "segm"), "segm", dataset.image_ids)
+    assert with_box.stats[STAT_NAMES.index("APs")] != summary["segm"]["APs"]   # the rule makes a difference
+
+
+def test_evaluate_model_encodes_masks_as_they_arrive(dataset):
+    """evaluate_model scores every image while keeping full-size masks only for the first ``keep_masks``."""
+    from minimaskrcnn.engine.inference import evaluate_model
+
+    perfect = _perfect(dataset)
+    calls = []
+
+    class Replay:                                       # a "model" that returns the perfect predictions
+        def predict(self, images):
+            start = sum(calls)
+            calls.append(len(images))
+            return [dict(p) for p in perfect[start:start + len(images)]]
+
+    metrics, _, preds = evaluate_model(Replay(), dataset, batch_size=5, verbose=False, progress=False, keep_masks=2)
+    assert calls == [5, 5, 2] and len(preds) == len(dataset)
+    assert metrics["segm"]["AP"] == 1.0 and metrics["bbox"]["AP"] == 1.0
+    assert ["masks" in p for p in preds] == [True, True] + [False] * (len(dataset) - 2)
+    np.testing.assert_array_equal(preds[1]["masks"], perfect[1]["masks"])

@@ -151,3 +151,94 @@ def test_ensure_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not a generated shapes data set"):
         ensure_shapes_dataset(tmp_path / "mine", **SMALL)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_regenerating_deletes_only_what_the_generator_wrote(tmp_path):
+    root = tmp_path / "shapes"
+    ensure_shapes_dataset(root, **SMALL)
+    manifest = json.loads((root / "shapes.json").read_text())["files"]
+    assert set(manifest) == {f"train/{i:06d}.png" for i in range(6)} | {f"val/{i:06d}.png" for i in range(3)} | {
+        "annotations/instances_train.json", "annotations/instances_val.json"}
+    # What a user puts there: notes, an extra image, an edited generated image no longer in the new set.
+    (root / "notes.txt").write_text("keep me")
+    (root / "val" / "mine.png").write_bytes(b"my image")
+    (root / "val" / "000002.png").write_bytes(b"edited")
+    ensure_shapes_dataset(root, **{**SMALL, "num_val": 2})
+    assert (root / "notes.txt").read_text() == "keep me"
+    assert (root / "val" / "mine.png").read_bytes() == b"my image"
+    assert (root / "val" / "000002.png").read_bytes() == b"edited"
+    assert is_complete_shapes_dataset(root, **{**{k: v for k, v in SMALL.items() if k != "progress"}, "num_val": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+    # A file of the user's where the new set needs one: nothing is touched, and the error names it.
+    (root / "val" / "000002.png").write_bytes(b"edited")
+    with pytest.raises(FileExistsError, match=r"000002\.png was not written by the generator"):
+        ensure_shapes_dataset(root, **{**SMALL, "num_val": 3})
+    assert (root / "val" / "000002.png").read_bytes() == b"edited"
+    assert (root / "notes.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]
+
+
+def test_an_interrupted_swap_is_finished_by_the_next_run(tmp_path, monkeypatch):
+    import minimaskrcnn.data.shapes as shapes_module
+
+    root = tmp_path / "shapes"
+    ensure_shapes_dataset(root, **SMALL)
+    (root / "notes.txt").write_text("keep me")
+    real_replace = shapes_module.os.replace
+    moved = []
+
+    def crash_midway(src, dst):
+        moved.append(dst)
+        if len(moved) == 6:      # the old files gone, two new ones moved in (after 2 renames of the new set, 1 marker)
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(shapes_module.os, "replace", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_shapes_dataset(root, **{**SMALL, "seed": 1})
+    monkeypatch.undo()
+    small = {k: v for k, v in SMALL.items() if k != "progress"}
+    assert not is_complete_shapes_dataset(root, **{**small, "seed": 1})
+    ensure_shapes_dataset(root, **{**SMALL, "seed": 1})
+    assert is_complete_shapes_dataset(root, **{**small, "seed": 1})
+    assert (root / "notes.txt").read_text() == "keep me"
+    again = make_shapes_dataset(tmp_path / "again", **{**SMALL, "seed": 1})
+    for rel in json.loads((again / "shapes.json").read_text())["files"]:
+        assert (root / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_the_generator_has_a_command(tmp_path, capsys):
+    from minimaskrcnn.data.shapes import main
+
+    out = tmp_path / "set"
+    assert main(["--out", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "48", "--seed", "3"]) == 0
+    assert "generating 2 train + 1 val images of 48 px, seed 3" in capsys.readouterr().out
+    assert is_complete_shapes_dataset(out, num_train=2, num_val=1, image_size=48, seed=3)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x").write_text("x")
+    assert main(["--out", str(tmp_path / "foreign")]) == 1
+    assert "not a generated shapes data set" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_generator(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "minimaskrcnn.data.shapes", "--out", str(tmp_path / "s"),
+                           "--num-train", "1", "--num-val", "1", "--image-size", "32"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "s" / "shapes.json").is_file() and (tmp_path / "s" / "train" / "000000.png").is_file()
+
+
+def test_ensure_says_what_it_does(tmp_path, capsys):
+    root = tmp_path / "shapes"
+    root.mkdir()                                        # an empty folder is filled
+    ensure_shapes_dataset(root, **SMALL, report=print)
+    assert "generating 6 train + 3 val images of 64 px, seed 0 into" in capsys.readouterr().out
+    ensure_shapes_dataset(root, **SMALL, report=print)
+    assert "reusing" in capsys.readouterr().out
+    (root / "notes.txt").write_text("keep me")
+    ensure_shapes_dataset(root, **{**SMALL, "seed": 2}, report=print)
+    said = capsys.readouterr().out
+    assert "other parameters; regenerating" in said and "kept 1 files" in said and "notes.txt" in said

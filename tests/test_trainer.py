@@ -105,3 +105,82 @@ def test_cli_train_evaluate_predict_round_trip(shapes, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(out / "last.npz"), str(image), "--out", str(tmp_path / "p"),
                  "--score-threshold", "0.0"]) == 0
     assert (tmp_path / "p" / f"{image.stem}_pred.png").exists()
+
+
+def test_blown_up_weights_are_never_saved_as_the_last_good_checkpoint(shapes, tmp_path):
+    """A run diverging without NaN yet (weights grown to 1e8 by too large a step): training stops before
+    saving them, and the checkpoint kept is the last sane one."""
+    tr = make_trainer(shapes, tmp_path, 6, checkpoint_every=1)
+    step = tr.step
+
+    def step_then_blow_up(images, targets):
+        losses = step(images, targets)
+        if tr.iteration == 4:                           # after the 4th update: as if its step were huge
+            dict(tr.model.named_parameters())["roi_heads.box_head.fc6.weight"].data *= 1e8
+        return losses
+
+    tr.step = step_then_blow_up
+    with pytest.raises(TrainingDiverged, match=r"iteration 4: the weights blew up \(max \|w\| = .*\(iteration 3\)"):
+        tr.train()
+    kept = load_npz(tr.checkpoint_path)
+    assert json.loads(str(kept["meta.json"]))["iteration"] == 3
+    assert max(float(np.abs(v).max()) for k, v in kept.items() if k.startswith("model.") and v.size) < 100
+
+
+def test_a_loss_spike_postpones_the_checkpoint_and_is_named_when_it_diverges(shapes, tmp_path):
+    tr = make_trainer(shapes, tmp_path, 12, checkpoint_every=1)
+    forward = tr.model.forward_train
+
+    def spiking(images, targets):
+        losses = forward(images, targets)
+        return {k: v * 1e3 for k, v in losses.items()} if tr.iteration >= 8 else losses
+
+    tr.model.forward_train = spiking
+    with pytest.raises(TrainingDiverged, match=r"iteration 12: the loss .* its running median.*\(iteration 8\)"):
+        tr.train()
+    assert json.loads(str(load_npz(tr.checkpoint_path)["meta.json"]))["iteration"] == 8
+
+
+def test_log_is_in_step_with_the_checkpoint_and_stale_temporaries_go(shapes, tmp_path):
+    tr = make_trainer(shapes, tmp_path, 3, checkpoint_every=2)
+    tr.train()
+    # A run killed during a save leaves save_npz's temporary file; a later run writes log.json ahead of
+    # the checkpoint (here: a log claiming 7 iterations) or leaves it corrupt.
+    (tmp_path / ".tmp_abc123.npz").write_bytes(b"x" * 100)
+    (tmp_path / "log.json.tmp999").write_text("{")
+    (tmp_path / "notes.npz").write_bytes(b"mine")
+    (tmp_path / "log.json").write_text(json.dumps({"losses": [{"loss_mask": 1.0}] * 7, "lr": [0.1] * 7,
+                                                   "seconds": [1.0] * 7, "evals": []}))
+    resumed = make_trainer(shapes, tmp_path, 5)
+    resumed.load()
+    assert resumed.iteration == 3 and len(resumed.log["losses"]) == 3
+    assert resumed.log["losses"] == tr.log["losses"]
+    resumed.train()
+    assert not (tmp_path / ".tmp_abc123.npz").exists() and not (tmp_path / "log.json.tmp999").exists()
+    assert (tmp_path / "notes.npz").read_bytes() == b"mine"            # not ours: kept
+    on_disk = json.loads((tmp_path / "log.json").read_text())
+    meta = json.loads(str(load_npz(tmp_path / "last.npz")["meta.json"]))
+    assert len(on_disk["losses"]) == meta["iteration"] == 5 and on_disk == meta["log"]
+    assert meta["class_names"] == ["__background__", "circle", "rectangle", "triangle"]
+
+
+def test_resume_with_a_corrupt_meta_or_log_is_one_line(shapes, tmp_path, capsys):
+    from minimaskrcnn.nn import save_npz
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(shapes), "--iters", "1", "--out", str(out), "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    arrays = load_npz(out / "last.npz")
+    args = ["train", "--data", str(shapes), "--iters", "2", "--out", str(out), "--resume"]
+    save_npz(out / "last.npz", {**arrays, "meta.json": np.array('{"iteration": 1, "config": {')})
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "meta.json entry is not valid JSON" in err[0]
+    # A checkpoint written before the log went inside it: the log.json beside it is read, and must parse.
+    meta = json.loads(str(arrays["meta.json"]))
+    del meta["log"]
+    save_npz(out / "last.npz", {**arrays, "meta.json": np.array(json.dumps(meta))})
+    (out / "log.json").write_text('{"losses": [')
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "log.json: the training log cannot be read" in err[0]

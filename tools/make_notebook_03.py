@@ -71,7 +71,8 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config, nn
-from minimaskrcnn.cli import DEFAULT_OUT, load_checkpoint_model
+from minimaskrcnn.engine.checkpoint import load_checkpoint_model
+from minimaskrcnn.engine.run import DEFAULT_OUT
 from minimaskrcnn.data.shapes import draw_shapes_image
 from minimaskrcnn.model import MaskRCNN
 from minimaskrcnn.model.rpn import RegionProposalNetwork, RPNHead, flatten_level, unflatten_level

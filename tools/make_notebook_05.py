@@ -83,7 +83,8 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config, nn
-from minimaskrcnn.cli import DEFAULT_OUT, load_checkpoint_model
+from minimaskrcnn.engine.checkpoint import load_checkpoint_model
+from minimaskrcnn.engine.run import DEFAULT_OUT
 from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
 from minimaskrcnn.model import MaskRCNN, build_model
 from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,

@@ -80,7 +80,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config
-from minimaskrcnn.cli import DEFAULT_DATA
+from minimaskrcnn.engine.run import DEFAULT_DATA
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader

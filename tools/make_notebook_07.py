@@ -83,13 +83,14 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
     sys.path.insert(0, os.path.abspath(".."))            # (run from notebooks/): use the repository root
 
 from minimaskrcnn import config
-from minimaskrcnn.cli import DEFAULT_DATA, DEFAULT_OUT, load_checkpoint_model
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader, postprocess_boxes
 from minimaskrcnn.engine.analysis import ERROR_KINDS, error_breakdown
+from minimaskrcnn.engine.checkpoint import load_checkpoint_model
 from minimaskrcnn.engine.evaluator import CocoEvaluator
 from minimaskrcnn.engine.inference import evaluate_model
+from minimaskrcnn.engine.run import DEFAULT_DATA, DEFAULT_OUT
 from minimaskrcnn.engine.trainer import Trainer
 from minimaskrcnn.model import build_model
 from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales

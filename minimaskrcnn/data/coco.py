@@ -140,7 +140,34 @@ def _segmentation_to_rle(seg, height: int, width: int, where: str):
     if not isinstance(counts, bytes):
         raise DatasetError(f"{where}: RLE 'counts' must be a list of integers or a string, "
                            f"got {type(counts).__name__}")
+    runs = _compressed_rle_runs(counts)
+    if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+        raise DatasetError(f"{where}: compressed RLE 'counts' do not decode to runs covering the image's "
+                           f"height * width = {height * width} pixels"
+                           + ("" if runs is None else f" (they cover {sum(runs)})"))
     return {"size": [height, width], "counts": counts}
+
+
+def _compressed_rle_runs(counts: bytes) -> list | None:
+    """The run lengths a compressed RLE string holds (pycocotools' ``rleFrString``: each run a little-endian
+    sequence of 5-bit groups in chars from 48, bit 0x20 = "more follows", 0x10 in the last group = negative;
+    runs after the second are differences from the run two before). None when the string ends mid-run."""
+    runs, p, n = [], 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                return None
+            c = counts[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        runs.append(x)
+    return runs
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,17 +301,35 @@ class CocoDataset:
 
 
 def read_rgb_image(path, context: str = "") -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (grey and RGBA converted); ``DatasetError`` naming the file if it
-    is missing or unreadable."""
+    """An image file as (H, W, 3) uint8 RGB; ``DatasetError`` naming the file if it is missing or unreadable.
+
+    Grey, palette, grey+alpha, CMYK and RGBA files are converted (alpha is dropped, as Detectron2's reader
+    does); 16-bit and 32-bit integer grey (PNG's 16-bit, PIL modes ``I;16*`` and ``I``) are scaled from
+    0..65535 to 0..255, and float grey (``F``) from 0..1 when its values lie there (else clipped to 0..255),
+    where PIL's own conversion would clip them to white.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I") or im.mode == "F":
+                return _wide_grey_to_rgb(np.asarray(im), im.mode)
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found{context}") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot read the image ({e})") from None
+
+
+def _wide_grey_to_rgb(a: np.ndarray, mode: str) -> np.ndarray:
+    """A grey image of PIL mode ``I;16*``, ``I`` or ``F`` as (H, W, 3) uint8: 16-bit values scaled by 255/65535."""
+    a = a.astype(np.float64)
+    if mode == "F":
+        a = a * 255.0 if a.size and np.nanmin(a) >= 0 and np.nanmax(a) <= 1 else a
+    else:
+        a = np.clip(a, 0, 65535) * (255.0 / 65535.0)
+    grey = np.clip(np.rint(np.nan_to_num(a)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
 
 
 def _stack(instances: list, height: int, width: int):

@@ -26,172 +26,37 @@ On disk (the layout :class:`minimaskrcnn.data.coco.CocoDataset` reads)::
     <root>/annotations/instances_val.json
     <root>/train/000000.png ...
     <root>/val/000000.png ...
-    <root>/shapes.json                       the generation parameters; written last: "this set is complete"
+    <root>/shapes.json                       the parameters and the list of files written; written last:
+                                             "this set is complete"
+
+From the command line: ``python -m minimaskrcnn.data.shapes --out DIR [--num-train N] [--num-val N]
+[--image-size S] [--seed S]``.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
-CATEGORIES = [
-    {"id": 1, "name": "circle", "supercategory": "shape"},
-    {"id": 2, "name": "rectangle", "supercategory": "shape"},
-    {"id": 3, "name": "triangle", "supercategory": "shape"},
-]
+from .shapes_draw import (  # noqa: F401  (re-exported: the generator's public names live here)
+    CATEGORIES,
+    IN_IMAGE,
+    MIN_VISIBLE_PIXELS,
+    draw_shapes_image,
+    place_shapes,
+    shape_area,
+    shape_mask,
+    visible_masks,
+)
+
 SPLITS = ("train", "val")
 FORMAT_VERSION = 1
-MIN_VISIBLE_PIXELS = 16
-IN_IMAGE = 0.75         # an object keeps at least this fraction of its area inside the image
-_PLACEMENT_TRIES = 20
-
-
-# ----------------------------------------------------------------------------------------------------
-# Drawing one image
-# ----------------------------------------------------------------------------------------------------
-
-def shape_mask(category: str, cx: float, cy: float, size: float, angle: float, aspect: float,
-               image_size: int) -> np.ndarray:
-    """Rasterise one shape: an ``(image_size, image_size)`` bool mask of the pixels whose centre is inside.
-
-    Args:
-        category: 'circle', 'rectangle' or 'triangle'.
-        cx, cy: centre in pixels (continuous coordinates: pixel (i, j) covers [j, j+1) x [i, i+1)).
-        size: the object's extent in pixels: circle diameter, rectangle long side, triangle side / 0.9.
-        angle: rotation in radians (ignored for circles).
-        aspect: short side / long side of a rectangle, in (0, 1] (ignored otherwise).
-    """
-    centres = np.arange(image_size, dtype=np.float64) + 0.5
-    x = centres[None, :] - cx                                          # (1, S)
-    y = centres[:, None] - cy                                          # (S, 1)
-    if category == "circle":
-        return x * x + y * y <= (size / 2) ** 2
-    # Coordinates in the object's own frame (rotate the image by -angle).
-    c, s = np.cos(angle), np.sin(angle)
-    u = c * x + s * y                                                  # (S, S)
-    v = -s * x + c * y
-    if category == "rectangle":
-        return (np.abs(u) <= size / 2) & (np.abs(v) <= aspect * size / 2)
-    if category == "triangle":
-        # Equilateral triangle = intersection of three half-planes at distance r_in from the centre,
-        # with outward normals 120 degrees apart. side = 0.9 * size, inradius = side / (2 sqrt 3).
-        r_in = 0.9 * size / (2 * np.sqrt(3.0))
-        inside = np.ones((image_size, image_size), dtype=bool)
-        for k in range(3):
-            phi = np.pi / 2 + 2 * np.pi * k / 3
-            inside &= u * np.cos(phi) + v * np.sin(phi) <= r_in
-        return inside
-    raise ValueError(f"category must be one of circle/rectangle/triangle, got {category!r}")
-
-
-def _gradient_background(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """A linear colour gradient in a random direction: (S, S, 3) float64 in [0, 255]."""
-    c0, c1 = rng.uniform(0, 255, size=(2, 3))
-    phi = rng.uniform(0, 2 * np.pi)
-    t = (np.arange(image_size) + 0.5) / image_size - 0.5
-    ramp = np.clip(0.5 + np.cos(phi) * t[None, :] + np.sin(phi) * t[:, None], 0.0, 1.0)   # (S, S)
-    return c0 + (c1 - c0) * ramp[..., None]
-
-
-def _contrasting_colour(rng: np.random.Generator, avoid: list, min_distance: float = 80.0):
-    """A random RGB colour at least ``min_distance`` (Euclidean, 0..255 scale) from every colour in
-    ``avoid`` (the background under the object, and the objects drawn before it)."""
-    for _ in range(100):
-        colour = rng.uniform(0, 255, size=3)
-        if all(np.linalg.norm(colour - a) >= min_distance for a in avoid):
-            return colour
-    return np.where(avoid[0] < 127.5, 255.0, 0.0)   # the RGB cube's corner farthest from the background
-
-
-def shape_area(category: str, size: float, aspect: float) -> float:
-    """The exact (continuous) area of a shape drawn by :func:`shape_mask`, in square pixels."""
-    if category == "circle":
-        return np.pi / 4 * size ** 2
-    if category == "rectangle":
-        return aspect * size ** 2
-    return np.sqrt(3.0) / 4 * (0.9 * size) ** 2
-
-
-def visible_masks(shapes: np.ndarray) -> np.ndarray:
-    """The visible part of each of G shapes drawn in order: a pixel belongs to the last shape covering it.
-
-    Args:
-        shapes: (G, S, S) bool, each object's full silhouette (inside the image).
-    Returns:
-        (G, S, S) bool, disjoint.
-    """
-    owner = np.full(shapes.shape[1:], -1, dtype=np.int64)             # which object owns each pixel
-    for k, shape in enumerate(shapes):
-        owner[shape] = k                                                # later objects paint over
-    return owner[None] == np.arange(len(shapes))[:, None, None]
-
-
-def place_shapes(rng: np.random.Generator, image_size: int = 128, max_objects: int = 4,
-                 object_size: tuple[float, float] = (10, 60), min_visible: float = 0.5):
-    """Choose 1..max_objects shapes and where they go: (G, S, S) bool silhouettes and (G,) category ids.
-
-    Each candidate (category, size, aspect, centre, angle) is accepted when at least ``IN_IMAGE`` of its
-    area lies inside the image and, once it is drawn on top, every object (itself included) still shows
-    ``min_visible`` of its silhouette and at least ``MIN_VISIBLE_PIXELS`` pixels; otherwise another
-    place is tried, and after ``_PLACEMENT_TRIES`` the object is dropped.
-    """
-    names = [c["name"] for c in CATEGORIES]
-    shapes, labels = [], []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        label = int(rng.integers(1, len(names) + 1))
-        for _try in range(_PLACEMENT_TRIES):
-            size, aspect = rng.uniform(*object_size), rng.uniform(0.5, 1.0)
-            cx, cy = rng.uniform(0, image_size, size=2)
-            shape = shape_mask(names[label - 1], cx, cy, size, rng.uniform(0, 2 * np.pi), aspect, image_size)
-            if shape.sum() < max(MIN_VISIBLE_PIXELS, IN_IMAGE * shape_area(names[label - 1], size, aspect)):
-                continue                                                # too much outside the image
-            candidate = np.stack(shapes + [shape])                      # (G + 1, S, S)
-            visible = visible_masks(candidate).sum(axis=(1, 2))
-            full = candidate.sum(axis=(1, 2))
-            if np.all(visible >= np.maximum(MIN_VISIBLE_PIXELS, min_visible * full)):
-                shapes.append(shape)
-                labels.append(label)
-                break
-    if not labels:                    # practically unreachable with the defaults
-        raise RuntimeError(f"no object could be placed on a {image_size}x{image_size} image "
-                           f"with object_size={object_size}")
-    return np.stack(shapes), np.asarray(labels, dtype=np.int64)
-
-
-def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objects: int = 4,
-                      object_size: tuple[float, float] = (10, 60), min_visible: float = 0.5,
-                      noise: tuple[float, float] = (2.0, 10.0)):
-    """Draw one synthetic image and its instances.
-
-    Args:
-        rng: the image's own random generator (everything random is drawn from it, in a fixed order).
-        image_size: S, the image is S x S.
-        max_objects: each image holds 1..max_objects objects (fewer when some cannot be placed).
-        object_size: (low, high) of the uniform distribution of object extents, in pixels.
-        min_visible: the fraction of its silhouette every object keeps visible when later objects are
-            drawn over it (see :func:`place_shapes`).
-        noise: (low, high) of the uniform distribution of the Gaussian noise's sigma, in grey levels.
-
-    Returns:
-        image: (S, S, 3) uint8 RGB.
-        masks: (G, S, S) bool, the visible pixels of each object, in drawing order (G >= 1).
-        labels: (G,) int64 category ids (1 circle, 2 rectangle, 3 triangle).
-    """
-    background = _gradient_background(rng, image_size)                  # (S, S, 3) float
-    shapes, labels = place_shapes(rng, image_size, max_objects, object_size, min_visible)
-    masks = visible_masks(shapes)
-    image, colours = background.copy(), []
-    for shape, mask in zip(shapes, masks, strict=True):
-        # A colour that stands out from the background at the centroid and from the other objects, so
-        # that every occlusion boundary is visible.
-        ys, xs = np.nonzero(shape)
-        colours.append(_contrasting_colour(rng, [background[int(ys.mean()), int(xs.mean())], *colours]))
-        image[mask] = colours[-1]
-    image += rng.normal(0.0, rng.uniform(*noise), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, labels
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,26 +88,49 @@ def _params(num_train, num_val, image_size, seed, max_objects, object_size, min_
             "min_visible": float(min_visible)}
 
 
-def _write_split(root: Path, split: str, num_images: int, params: dict, progress: bool) -> None:
+def _write_split(root: Path, split: str, num_images: int, params: dict, progress: bool) -> dict:
+    """Write one split's images and annotation file; returns the manifest of what it wrote."""
     from PIL import Image
     from tqdm.auto import tqdm
 
     (root / split).mkdir(parents=True)
-    images, annotations = [], []
+    images, annotations, files = [], [], {}
     for i in tqdm(range(num_images), desc=f"shapes/{split}", disable=not progress, leave=False):
         image, masks, labels = draw_shapes_image(
             _image_rng(params["seed"], split, i), params["image_size"], params["max_objects"],
             tuple(params["object_size"]), params["min_visible"])
         file_name = f"{i:06d}.png"
+        png = io.BytesIO()
         # compress_level=1: PNG is lossless at every level; 1 is several times faster than the default 6.
-        Image.fromarray(image).save(root / split / file_name, compress_level=1)
+        Image.fromarray(image).save(png, format="PNG", compress_level=1)
+        files[f"{split}/{file_name}"] = _write_bytes(root / split / file_name, png.getvalue())
         images.append({"id": i + 1, "file_name": file_name, "height": params["image_size"],
                        "width": params["image_size"]})
         annotations += _annotations_for(masks, labels, i + 1, len(annotations) + 1)
     coco = {"info": {"description": f"minimaskrcnn synthetic shapes, {split} split", **params},
             "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
-    with open(root / "annotations" / f"instances_{split}.json", "w") as f:
-        json.dump(coco, f)
+    name = f"annotations/instances_{split}.json"
+    files[name] = _write_bytes(root / name, json.dumps(coco).encode())
+    return files
+
+
+def _write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path``; returns its digest, for the manifest."""
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    except OSError:
+        return None
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def make_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_size: int = 128,
@@ -251,7 +139,9 @@ def make_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_s
     """Generate the shapes data set into the new folder ``root`` (which must not exist) and return it.
 
     The set is written to ``<parent>/.<name>.partial`` first and renamed to ``root`` when complete, so
-    an interrupted run never leaves a folder that looks like a data set. See the module docstring for
+    an interrupted run never leaves a folder that looks like a data set. ``shapes.json``, written last,
+    holds the parameters and the manifest (``files``: relative path -> SHA-256 prefix) of every file
+    written, so that a later regeneration deletes those and nothing else. See the module docstring for
     what is drawn and :func:`draw_shapes_image` for the parameters.
     """
     root = Path(root)
@@ -269,29 +159,36 @@ def make_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_s
     if partial.exists():             # left by an interrupted run: never a complete set, safe to delete
         shutil.rmtree(partial)
     (partial / "annotations").mkdir(parents=True)
+    files = {}
     for split, n in (("train", num_train), ("val", num_val)):
-        _write_split(partial, split, n, params, progress)
-    with open(partial / "shapes.json", "w") as f:
-        json.dump(params, f, indent=1)
+        files.update(_write_split(partial, split, n, params, progress))
+    _write_json_atomic(partial / "shapes.json", {**params, "files": files})
     os.replace(partial, root)
     return root
+
+
+def _read_marker(root: Path) -> dict | None:
+    try:
+        found = json.loads((root / "shapes.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def is_complete_shapes_dataset(root, **params) -> bool:
     """True when ``root`` holds a finished shapes set generated with exactly these parameters.
 
     ``params`` are make_shapes_dataset's keyword arguments (without ``progress``); missing ones take
-    their defaults. Checks the marker file, both annotation files and the number of PNG files.
+    their defaults. Checks the marker file and that every file of its manifest is there (a set written
+    before manifests: both annotation files and the number of PNG files).
     """
     root = Path(root)
     wanted = _params(**{**_DEFAULTS, **params})
-    try:
-        with open(root / "shapes.json") as f:
-            found = json.load(f)
-    except (OSError, ValueError):
+    found = _read_marker(root)
+    if found is None or {k: v for k, v in found.items() if k != "files"} != wanted:
         return False
-    if found != wanted:
-        return False
+    if "files" in found:
+        return all((root / rel).is_file() for rel in found["files"])
     for split in SPLITS:
         if not (root / "annotations" / f"instances_{split}.json").is_file():
             return False
@@ -306,32 +203,104 @@ _DEFAULTS = dict(num_train=2000, num_val=200, image_size=128, seed=0, max_object
 
 def ensure_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_size: int = 128,
                           seed: int = 0, max_objects: int = 4, object_size: tuple[float, float] = (10, 60),
-                          min_visible: float = 0.5, progress: bool = True) -> Path:
+                          min_visible: float = 0.5, progress: bool = True, report=None) -> Path:
     """Return ``root`` holding the shapes set with these parameters, generating it only when needed.
 
     * a complete set with the same parameters: reused as it is;
     * no folder, or an empty one: generated;
-    * a shapes set with other parameters (its ``shapes.json`` says so): regenerated, then swapped in;
+    * a shapes set with other parameters (its ``shapes.json`` says so): regenerated. Only the files its
+      manifest lists, unchanged since, are replaced; anything else in the folder (a user's notes, an edited
+      image) stays, and a file of the user's where the new set needs one stops it (``FileExistsError``);
     * any other non-empty folder: ``FileExistsError`` (we never delete files we did not write).
+
+    ``report``: called with one line saying what was done (e.g. ``print``); None says nothing.
     """
     root = Path(root)
+    say = report or (lambda line: None)
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
                   max_objects=max_objects, object_size=tuple(object_size), min_visible=min_visible)
+    what = f"{num_train} train + {num_val} val images of {image_size} px, seed {seed}"
     if is_complete_shapes_dataset(root, **params):
+        say(f"shapes data: reusing {root} ({what})")
         return root
     if root.is_dir() and not any(root.iterdir()):
         root.rmdir()
     if not root.exists():
+        say(f"shapes data: generating {what} into {root}")
         return make_shapes_dataset(root, **params, progress=progress)
-    if not (root / "shapes.json").is_file():
+    old = _read_marker(root)
+    if old is None:
         raise FileExistsError(f"ensure_shapes_dataset: {root} exists and is not a generated shapes data set "
-                              "(no shapes.json); remove it or choose another root")
-    fresh, old = root.parent / f".{root.name}.new", root.parent / f".{root.name}.old"
-    for leftover in (fresh, old):       # our own names: only an interrupted earlier swap leaves them
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    make_shapes_dataset(fresh, **params, progress=progress)
-    os.replace(root, old)
-    os.replace(fresh, root)
-    shutil.rmtree(old)
+                              "(no readable shapes.json); remove it or choose another root")
+    if "files" not in old:
+        raise FileExistsError(f"ensure_shapes_dataset: {root} holds a shapes set from an older version, which "
+                              "kept no list of the files it wrote; remove it or choose another root")
+    say(f"shapes data: {root} holds a set with other parameters; regenerating it ({what}), replacing only the "
+        "files the generator wrote there")
+    kept = _regenerate(root, params, old, progress)
+    if kept:
+        say(f"shapes data: kept {len(kept)} files in {root} that the generator did not write "
+            f"(e.g. {kept[0]})")
     return root
+
+
+def _regenerate(root: Path, params: dict, old: dict, progress: bool) -> list:
+    """Swap a new set into ``root``, deleting only the files (of ``old``'s manifest, and of a swap that was
+    interrupted) whose content is still what the generator wrote. Returns the other files, left in place."""
+    fresh = root.parent / f".{root.name}.new"
+    if fresh.exists():                  # our own name: only an interrupted earlier swap leaves it
+        shutil.rmtree(fresh)
+    make_shapes_dataset(fresh, **params, progress=progress)
+    new = _read_marker(fresh)
+    ours = {}                           # relative path -> digests the generator wrote there
+    for manifest in (old.get("files", {}), old.get("new_files", {})):
+        for rel, digest in manifest.items():
+            ours.setdefault(rel, set()).add(digest)
+
+    def is_ours(rel):
+        return rel in ours and _digest(root / rel) in ours[rel]
+
+    for rel in new["files"]:
+        if (root / rel).exists() and not is_ours(rel):
+            shutil.rmtree(fresh)
+            raise FileExistsError(f"ensure_shapes_dataset: {root / rel} was not written by the generator (or was "
+                                  "changed since) and the new set needs its place; move it away and run again")
+    # From here until the new marker is written, shapes.json says "swapping" and lists both sets' files.
+    _write_json_atomic(root / "shapes.json", {"swapping": True, "files": old.get("files", {}),
+                                              "new_files": new["files"]})
+    for rel in sorted(ours):
+        if is_ours(rel):
+            (root / rel).unlink()
+    for rel in new["files"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(fresh / rel, root / rel)
+    _write_json_atomic(root / "shapes.json", new)
+    shutil.rmtree(fresh)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name != "shapes.json" and str(p.relative_to(root)) not in new["files"])
+
+
+def main(argv=None) -> int:
+    """``python -m minimaskrcnn.data.shapes --out DIR [--num-train N] [--num-val N] [--image-size S]
+    [--seed S]``: generate (or reuse) the shapes set in DIR."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m minimaskrcnn.data.shapes",
+                                description="Generate the synthetic shapes data set in COCO format.")
+    p.add_argument("--out", required=True, help="the data set's folder (created; reused if it holds this set)")
+    p.add_argument("--num-train", type=int, default=_DEFAULTS["num_train"])
+    p.add_argument("--num-val", type=int, default=_DEFAULTS["num_val"])
+    p.add_argument("--image-size", type=int, default=_DEFAULTS["image_size"])
+    p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    args = p.parse_args(argv)
+    try:
+        ensure_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
+                              image_size=args.image_size, seed=args.seed, report=print)
+    except (FileExistsError, ValueError, OSError) as e:
+        print(f"minimaskrcnn.data.shapes: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

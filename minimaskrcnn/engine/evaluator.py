@@ -13,8 +13,9 @@ mask pasting)::
     {'boxes': (D, 4) x1, y1, x2, y2,  'labels': (D,) contiguous labels 1..K,  'scores': (D,),
      'masks': (D, H, W) binary (bool / uint8; floats are thresholded at 0.5, as the paper binarises)}
 
-become COCO results (``[{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}, ...]``, with
-``'segmentation'`` as compressed RLE for ``'segm'``), are saved as JSON, and go through
+become COCO results (``[{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}, ...]`` for ``'bbox'``;
+``'segmentation'`` as compressed RLE *instead of* ``'bbox'`` for ``'segm'``, so that COCOeval takes a mask
+detection's area from its mask, as it does for the ground truth), are saved as JSON, and go through
 ``COCO.loadRes`` -> ``COCOeval.evaluate / accumulate / summarize``.
 """
 from __future__ import annotations
@@ -35,7 +36,10 @@ def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id:
     """One image's prediction dict -> a list of COCO result dicts for ``iou_type`` ('bbox' or 'segm').
 
     Boxes go from (x1, y1, x2, y2) to COCO's (x, y, w, h); labels back to the JSON's category ids; for
-    'segm' each mask becomes compressed RLE (``counts`` as a str, so the list is JSON-ready).
+    'segm' each mask becomes compressed RLE (``counts`` as a str, so the list is JSON-ready) and the result
+    has *no* ``'bbox'``: ``COCO.loadRes`` takes a detection's area (for APs / APm / APl) from its box when it
+    has one, and from its mask only when it has none, so segm results with boxes are scored in the wrong
+    area ranges (torchvision's and Detectron2's evaluators leave the box out for the same reason).
     ``image_size`` (H, W), when given, is checked against the masks.
     """
     from pycocotools import mask as mask_util
@@ -52,10 +56,12 @@ def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id:
     if unknown:
         raise ValueError(f"prediction for image {image_id}: labels {unknown} have no category id "
                          f"(known labels: {sorted(label_to_cat_id)})")
-    results = [{"image_id": int(image_id), "category_id": int(label_to_cat_id[int(lab)]),
-                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
-               for (x1, y1, x2, y2), lab, s in zip(boxes, labels, scores, strict=True)]
-    if iou_type == "segm" and results:
+    results = [{"image_id": int(image_id), "category_id": int(label_to_cat_id[int(lab)]), "score": float(s)}
+               for lab, s in zip(labels, scores, strict=True)]
+    if iou_type == "bbox":
+        for result, (x1, y1, x2, y2) in zip(results, boxes, strict=True):
+            result["bbox"] = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+    elif results:
         masks = np.asarray(prediction["masks"])
         if masks.ndim == 4 and masks.shape[1] == 1:           # torchvision's (D, 1, H, W)
             masks = masks[:, 0]
