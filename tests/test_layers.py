@@ -6,6 +6,8 @@ import pytest
 
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn import reference as ref
+from minimaskrcnn.nn._conv_rowshift import Conv2dRowShiftCache
+from minimaskrcnn.nn.conv import Conv2dIm2colCache, conv2d_backward_im2col, conv2d_forward_im2col
 from minimaskrcnn.nn.gradcheck import check_gradient
 from minimaskrcnn.nn.resample import nearest_indices
 
@@ -59,6 +61,49 @@ def test_conv2d_gradients(case, rng):
     b = rng.standard_normal(Co)
     grads_ok(lambda x, w, b: F.conv2d_forward(x, w, b, s, p, d, g), F.conv2d_backward, (x, w, b),
              ("x", "w", "b"), rng)
+
+
+def _conv_case(case, rng):
+    N, C, H, W, Co, k, s, p, d, g = case
+    kh, kw = (k, k) if np.isscalar(k) else k
+    pairs = tuple((v, v) if np.isscalar(v) else tuple(v) for v in (s, p, d))
+    return (rng.standard_normal((N, C, H, W)), rng.standard_normal((Co, C // g, kh, kw)),
+            rng.standard_normal(Co), *pairs, g)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_im2col_path_on_its_own(case, rng):
+    """The plain path (the one students write) against the loops and central differences, for every case,
+    including the stride-1 ones conv2d_forward sends down the row-shift path."""
+    x, w, b, s, p, d, g = _conv_case(case, rng)
+    out, cache = conv2d_forward_im2col(x, w, b, s, p, d, g)
+    assert isinstance(cache, Conv2dIm2colCache) and cache.cols.shape[:2] == (x.shape[0], g)
+    np.testing.assert_allclose(out, ref.conv2d_naive(x, w, b, s, p, d, g), rtol=1e-12, atol=1e-12)
+    grads_ok(lambda x, w, b: conv2d_forward_im2col(x, w, b, s, p, d, g), conv2d_backward_im2col, (x, w, b),
+             ("x", "w", "b"), rng)
+    out_none, cache_none = conv2d_forward_im2col(x, w, None, s, p, d, g)
+    assert conv2d_backward_im2col(np.ones_like(out_none), cache_none)[2] is None
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 2, 6)])   # the stride-1 3x3 cases
+def test_conv2d_dispatch_and_the_two_paths_agree(case, rng):
+    """Stride 1 with a kernel taller than a row takes the row-shift path; it equals the plain path."""
+    x, w, b, s, p, d, g = _conv_case(case, rng)
+    out, cache = F.conv2d_forward(x, w, b, s, p, d, g)
+    assert isinstance(cache, Conv2dRowShiftCache)
+    plain, plain_cache = conv2d_forward_im2col(x, w, b, s, p, d, g)
+    np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for fast, slow in zip(F.conv2d_backward(dout, cache), conv2d_backward_im2col(dout, plain_cache), strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-11, atol=1e-11)
+
+
+def test_conv2d_dispatch_takes_im2col_otherwise(rng):
+    for stride, k in ((2, 3), (1, 1), (1, (1, 3))):
+        kh, kw = (k, k) if np.isscalar(k) else k
+        _, cache = F.conv2d_forward(rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((3, 2, kh, kw)),
+                                    None, stride, 0)
+        assert isinstance(cache, Conv2dIm2colCache), (stride, k)
 
 
 def test_conv2d_without_bias(rng):
