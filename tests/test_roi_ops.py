@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from minimaskrcnn.nn.gradcheck import check_gradient
 from minimaskrcnn.ops import rawkernel
 from minimaskrcnn.ops._roi_common import round_half_away_from_zero
+from minimaskrcnn.ops.reference import c_round, roi_align_reference, roi_pool_reference
 from minimaskrcnn.ops.roi_align import roi_align_backward, roi_align_forward, roi_sample_points
 from minimaskrcnn.ops.roi_pool import roi_pool_backward, roi_pool_cells, roi_pool_forward
 from minimaskrcnn.ops.roi_warp import roi_warp_backward, roi_warp_forward
@@ -139,6 +140,52 @@ def test_numpy_and_kernel_agree(op, mode, dtype, tol, problem):
                                err_msg="backward")
     if mode == "max":  # same winners, so the same cells receive the gradient
         np.testing.assert_array_equal(cache_np.argmax, cache_k.argmax)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plain-loop oracle (ops/reference.py): itself against torchvision, then every op against it
+
+@pytest.mark.torch_fixture
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_reference_roi_align_matches_torchvision(tv, aligned, sampling_ratio):
+    key = f"align_3x4_aligned{int(aligned)}_sr{sampling_ratio}"
+    out = roi_align_reference(tv["features"], tv["rois"], (3, 4), float(tv["spatial_scale"]), sampling_ratio,
+                              aligned)
+    np.testing.assert_allclose(out, tv[f"{key}_out"], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.torch_fixture
+def test_reference_roi_pool_matches_torchvision(tv):
+    out = roi_pool_reference(tv["features"], tv["rois"], (3, 4), float(tv["spatial_scale"]))
+    np.testing.assert_array_equal(out, tv["pool_3x4_out"])
+
+
+def test_reference_c_round():
+    assert [c_round(v) for v in (-2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 0.49999999999999994)] == \
+        [-3, -2, -1, 0, 0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op, mode", OP_MODES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=roi_problems())
+def test_ops_match_the_plain_loop_reference(op, mode, impl, problem):
+    """Random maps and RoIs (inside, across the border, tiny, huge, inverted), every output size, sampling
+    ratio and ``aligned``: the vectorised NumPy ops and the kernel give the loops' numbers. RoIWarp is the
+    reference RoIAlign of the rounded RoI."""
+    forward, _, _ = OPS[op]
+    x, rois, size, scale = problem["features"], problem["rois"], problem["output_size"], problem["scale"]
+    ratio, aligned = problem["sampling_ratio"], problem["aligned"]
+    out, _ = forward(x, rois, size, scale, ratio, aligned, mode=mode, impl=impl)
+    if op == "pool":
+        np.testing.assert_array_equal(out, roi_pool_reference(x, rois, size, scale))  # a max copies: exact
+        return
+    if op == "warp":
+        rois = np.concatenate([rois[:, :1], round_half_away_from_zero(rois[:, 1:] * scale)], axis=1)
+        scale = 1.0
+    expected = roi_align_reference(x, rois, size, scale, ratio, aligned, mode)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
