@@ -40,6 +40,33 @@ def test_box_area_by_hand():
     assert box_area(np.zeros((2, 3, 4))).shape == (2, 3)
 
 
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8])
+def test_box_area_of_narrow_integer_boxes(dtype):
+    """torchvision's own test_box_area case: int8 arithmetic would give 100 * 100 = 16 (mod 256)."""
+    area = box_area(np.array([[0, 0, 100, 100], [0, 0, 0, 0]], dtype=dtype))
+    np.testing.assert_array_equal(area, [10000, 0])
+    assert area.dtype == np.int64
+
+
+def test_box_area_and_iou_of_float16_boxes():
+    """float16 holds 300 but not 300 * 300 (max 65504): computed in float32, as torchvision upcasts."""
+    boxes = np.array([[0, 0, 300, 300], [10, 10, 310, 310], [0, 0, 100, 100]], dtype=np.float16)
+    area = box_area(boxes)
+    assert area.dtype == np.float32
+    np.testing.assert_array_equal(area, [90000, 90000, 10000])
+    iou = box_iou(boxes, boxes)
+    assert iou.dtype == np.float32 and not np.isnan(iou).any()
+    np.testing.assert_allclose(iou, box_iou(boxes.astype(np.float64), boxes.astype(np.float64)), rtol=1e-6)
+
+
+def test_box_iou_of_disjoint_unsigned_boxes():
+    """min(x2) - max(x1) of disjoint boxes is negative: uint8 arithmetic would wrap it to ~255."""
+    a = np.array([[0, 0, 10, 10]], dtype=np.uint8)
+    b = np.array([[20, 0, 30, 10], [5, 0, 15, 10]], dtype=np.uint8)
+    np.testing.assert_allclose(box_iou(a, b), [[0.0, 50 / 150]], rtol=1e-15)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_box_iou_by_hand(device):
     a = to_device(np.array([[0, 0, 2, 2], [0, 0, 4, 4]], dtype=np.float64), device)
@@ -241,6 +268,33 @@ def test_nms_rejects_bad_input():
         nms(np.array([[0, 0, np.nan, 1.0]]), np.zeros(1), 0.5)
     with pytest.raises(ValueError, match="boxes must have shape \\(N, 4\\)"):
         nms(np.zeros((2, 5)), np.zeros(2), 0.5)
+
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float16, 2.5), (np.int8, 1), (np.uint8, 1), (np.int16, 3)])
+def test_nms_of_narrow_boxes_suppresses(dtype, scale):
+    """Same result as float64: float16 areas of 300x300 boxes overflow to inf (IoU inf/inf = NaN, which
+    suppresses nothing), and int8, uint8 and int16 ones wrap around, unless computed in a wider type."""
+    boxes = scale * np.array([[0, 0, 120, 120], [2, 2, 122, 122], [60, 0, 120, 120], [0, 0, 12, 12],
+                              [100, 100, 127, 127], [0, 0, 110, 110]])
+    scores = np.linspace(0.9, 0.4, 6).astype(np.float16 if dtype == np.float16 else np.float64)
+    expected = nms(boxes, scores.astype(np.float64), 0.5)
+    np.testing.assert_array_equal(expected, [0, 2, 3, 4])
+    np.testing.assert_array_equal(nms(boxes.astype(dtype), scores, 0.5), expected)
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    np.testing.assert_array_equal(batched_nms(boxes.astype(dtype), scores, labels, 0.5),
+                                  batched_nms(boxes, scores.astype(np.float64), labels, 0.5))
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), np.float32("nan"), None, "0.5", True])
+def test_nms_refuses_a_threshold_that_is_not_a_number(threshold):
+    """``iou > nan`` is never true, so a NaN threshold would keep every box without a word."""
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10.0]])
+    scores = np.array([0.9, 0.8])
+    with pytest.raises(ValueError, match="iou_threshold must be a number"):
+        nms(boxes, scores, threshold)
+    with pytest.raises(ValueError, match="iou_threshold must be a number"):
+        batched_nms(boxes, scores, np.array([0, 0]), threshold)
 
 
 def test_batched_nms_by_hand():

@@ -1,10 +1,15 @@
 """Every layer: forward against a plain-loop reference, backward against float64 central differences."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn import reference as ref
+from minimaskrcnn.nn._conv_rowshift import Conv2dRowShiftCache
+from minimaskrcnn.nn.conv import Conv2dIm2colCache, conv2d_backward_im2col, conv2d_forward_im2col
 from minimaskrcnn.nn.gradcheck import check_gradient
+from minimaskrcnn.nn.resample import nearest_indices
 
 TOL = 1e-7  # relative error of an analytic float64 gradient against central differences
 
@@ -56,6 +61,49 @@ def test_conv2d_gradients(case, rng):
     b = rng.standard_normal(Co)
     grads_ok(lambda x, w, b: F.conv2d_forward(x, w, b, s, p, d, g), F.conv2d_backward, (x, w, b),
              ("x", "w", "b"), rng)
+
+
+def _conv_case(case, rng):
+    N, C, H, W, Co, k, s, p, d, g = case
+    kh, kw = (k, k) if np.isscalar(k) else k
+    pairs = tuple((v, v) if np.isscalar(v) else tuple(v) for v in (s, p, d))
+    return (rng.standard_normal((N, C, H, W)), rng.standard_normal((Co, C // g, kh, kw)),
+            rng.standard_normal(Co), *pairs, g)
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_im2col_path_on_its_own(case, rng):
+    """The plain path (the one students write) against the loops and central differences, for every case,
+    including the stride-1 ones conv2d_forward sends down the row-shift path."""
+    x, w, b, s, p, d, g = _conv_case(case, rng)
+    out, cache = conv2d_forward_im2col(x, w, b, s, p, d, g)
+    assert isinstance(cache, Conv2dIm2colCache) and cache.cols.shape[:2] == (x.shape[0], g)
+    np.testing.assert_allclose(out, ref.conv2d_naive(x, w, b, s, p, d, g), rtol=1e-12, atol=1e-12)
+    grads_ok(lambda x, w, b: conv2d_forward_im2col(x, w, b, s, p, d, g), conv2d_backward_im2col, (x, w, b),
+             ("x", "w", "b"), rng)
+    out_none, cache_none = conv2d_forward_im2col(x, w, None, s, p, d, g)
+    assert conv2d_backward_im2col(np.ones_like(out_none), cache_none)[2] is None
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 2, 6)])   # the stride-1 3x3 cases
+def test_conv2d_dispatch_and_the_two_paths_agree(case, rng):
+    """Stride 1 with a kernel taller than a row takes the row-shift path; it equals the plain path."""
+    x, w, b, s, p, d, g = _conv_case(case, rng)
+    out, cache = F.conv2d_forward(x, w, b, s, p, d, g)
+    assert isinstance(cache, Conv2dRowShiftCache)
+    plain, plain_cache = conv2d_forward_im2col(x, w, b, s, p, d, g)
+    np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for fast, slow in zip(F.conv2d_backward(dout, cache), conv2d_backward_im2col(dout, plain_cache), strict=True):
+        np.testing.assert_allclose(fast, slow, rtol=1e-11, atol=1e-11)
+
+
+def test_conv2d_dispatch_takes_im2col_otherwise(rng):
+    for stride, k in ((2, 3), (1, 1), (1, (1, 3))):
+        kh, kw = (k, k) if np.isscalar(k) else k
+        _, cache = F.conv2d_forward(rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((3, 2, kh, kw)),
+                                    None, stride, 0)
+        assert isinstance(cache, Conv2dIm2colCache), (stride, k)
 
 
 def test_conv2d_without_bias(rng):
@@ -139,6 +187,50 @@ def test_upsample_nearest(shape, size, factor, rng):
     np.testing.assert_array_equal(out, ref.upsample_nearest_naive(x, oh, ow))
     grads_ok(lambda x: F.upsample_nearest_forward(x, size=size, scale_factor=factor),
              F.upsample_nearest_backward, (x,), ("x",), rng)
+
+
+@pytest.fixture(scope="module")
+def torch_nearest():
+    """Which row torch's F.interpolate(mode="nearest") copies, per (in, out) pair (tools/make_nearest_fixtures.py)."""
+    with np.load(Path(__file__).parent / "fixtures" / "nearest.npz", allow_pickle=False) as f:
+        fx = {k: f[k] for k in f.files}
+    split = lambda src, outs: np.split(src.astype(np.int64), np.cumsum(outs)[:-1])  # noqa: E731
+    sizes = list(zip(fx["size_pairs"].tolist(), split(fx["size_src"], fx["size_pairs"][:, 1]), strict=True))
+    scales = list(zip(fx["scale_cases"].tolist(), split(fx["scale_src"], fx["scale_cases"][:, 1]), strict=True))
+    scales = [((i, o, fx["scales"][k]), src) for (i, o, k), src in scales]
+    return sizes, scales
+
+
+@pytest.mark.torch_fixture
+def test_nearest_indices_are_pytorchs(torch_nearest):
+    """Every (in, out) pair, including those where float32 rounds ``dst * in / out`` just below a whole
+    number and a float64 ``floor`` picks the next pixel (in 2, out 82, dst 41)."""
+    sizes, scales = torch_nearest
+    float64_differs = 0
+    for (i, o), src in sizes:
+        np.testing.assert_array_equal(nearest_indices(i, o), src, err_msg=f"in {i}, out {o}")
+        float64_differs += not np.array_equal(np.minimum(np.floor(np.arange(o) * i / o), i - 1), src)
+    assert float64_differs > 50  # the fixture does hold the pairs where the float64 rule fails
+    for (i, o, scale), src in scales:
+        np.testing.assert_array_equal(nearest_indices(i, o, scale=scale), src, err_msg=f"in {i}, scale {scale}")
+
+
+@pytest.mark.torch_fixture
+def test_upsample_nearest_copies_the_pixels_pytorch_copies(torch_nearest):
+    """The layer itself, along each axis (the input holds its own index): size= and scale_factor= calls."""
+    sizes, scales = torch_nearest
+    for (i, o), src in sizes[::7] + [s for s in sizes if s[0][0] >= 49]:   # every 7th pair, and the large ones
+        rows = np.arange(i, dtype=np.float64)
+        out, _ = F.upsample_nearest_forward(rows[None, None, :, None], size=(o, 1))
+        np.testing.assert_array_equal(out[0, 0, :, 0], src, err_msg=f"rows: in {i}, out {o}")
+        out, _ = F.upsample_nearest_forward(rows[None, None, None, :], size=(1, o))
+        np.testing.assert_array_equal(out[0, 0, 0], src, err_msg=f"columns: in {i}, out {o}")
+    for (i, _, scale), src in scales:
+        out, _ = F.upsample_nearest_forward(np.arange(i, dtype=np.float32)[None, None, :, None],
+                                            scale_factor=(scale, 1))
+        np.testing.assert_array_equal(out[0, 0, :, 0], src, err_msg=f"in {i}, scale {scale}")
+    x = np.arange(2 * 82, dtype=np.float64).reshape(1, 1, 2, 82)
+    np.testing.assert_array_equal(ref.upsample_nearest_naive(x, 82, 82), F.upsample_nearest_forward(x, (82, 82))[0])
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 4, 5)])

@@ -10,13 +10,15 @@ from hypothesis import strategies as st
 from minimaskrcnn.nn.gradcheck import check_gradient
 from minimaskrcnn.ops import rawkernel
 from minimaskrcnn.ops._roi_common import round_half_away_from_zero
+from minimaskrcnn.ops.reference import c_round, roi_align_reference, roi_pool_reference
 from minimaskrcnn.ops.roi_align import roi_align_backward, roi_align_forward, roi_sample_points
 from minimaskrcnn.ops.roi_pool import roi_pool_backward, roi_pool_cells, roi_pool_forward
 from minimaskrcnn.ops.roi_warp import roi_warp_backward, roi_warp_forward
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAS_CXX = rawkernel.compiler_available()   # honours $MINIMASKRCNN_CXX and $CXX, as the emulator does
-IMPLS = ["numpy", pytest.param("kernel", marks=pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler"))]
+IMPLS = ["numpy", "simple",
+         pytest.param("kernel", marks=pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler"))]
 
 # (forward, backward, modes) of the three operators of Table 2c.
 OPS = {
@@ -119,18 +121,19 @@ def roi_problems(draw):
                 sampling_ratio=draw(st.integers(-1, 4)), aligned=draw(st.booleans()))
 
 
-@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler for the kernel emulator")
+@pytest.mark.parametrize("other", IMPLS[1:])
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 @pytest.mark.parametrize("op, mode", OP_MODES)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=roi_problems())
-def test_numpy_and_kernel_agree(op, mode, dtype, tol, problem):
+def test_numpy_and_kernel_agree(op, mode, dtype, tol, other, problem):
+    """The NumPy path against the kernel and against the readable "simple" version, in both precisions."""
     forward, backward, _ = OPS[op]
     x = problem["features"].astype(dtype)
     args = (problem["rois"], problem["output_size"], problem["scale"], problem["sampling_ratio"],
             problem["aligned"])
     out_np, cache_np = forward(x, *args, mode=mode, impl="numpy")
-    out_k, cache_k = forward(x, *args, mode=mode, impl="kernel")
+    out_k, cache_k = forward(x, *args, mode=mode, impl=other)
     dout = np.random.default_rng(problem["seed"]).standard_normal(out_np.shape).astype(dtype)
     grad_np, grad_k = backward(dout, cache_np), backward(dout, cache_k)
     assert out_np.dtype == out_k.dtype == grad_np.dtype == grad_k.dtype == dtype
@@ -139,6 +142,52 @@ def test_numpy_and_kernel_agree(op, mode, dtype, tol, problem):
                                err_msg="backward")
     if mode == "max":  # same winners, so the same cells receive the gradient
         np.testing.assert_array_equal(cache_np.argmax, cache_k.argmax)
+
+
+# ------------------------------------------------------------------------------------------------
+# The plain-loop oracle (ops/reference.py): itself against torchvision, then every op against it
+
+@pytest.mark.torch_fixture
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+def test_reference_roi_align_matches_torchvision(tv, aligned, sampling_ratio):
+    key = f"align_3x4_aligned{int(aligned)}_sr{sampling_ratio}"
+    out = roi_align_reference(tv["features"], tv["rois"], (3, 4), float(tv["spatial_scale"]), sampling_ratio,
+                              aligned)
+    np.testing.assert_allclose(out, tv[f"{key}_out"], rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.torch_fixture
+def test_reference_roi_pool_matches_torchvision(tv):
+    out = roi_pool_reference(tv["features"], tv["rois"], (3, 4), float(tv["spatial_scale"]))
+    np.testing.assert_array_equal(out, tv["pool_3x4_out"])
+
+
+def test_reference_c_round():
+    assert [c_round(v) for v in (-2.5, -1.5, -0.5, -0.49, 0.0, 0.5, 1.5, 2.5, 0.49999999999999994)] == \
+        [-3, -2, -1, 0, 0, 1, 2, 3, 0]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("op, mode", OP_MODES)
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=roi_problems())
+def test_ops_match_the_plain_loop_reference(op, mode, impl, problem):
+    """Random maps and RoIs (inside, across the border, tiny, huge, inverted), every output size, sampling
+    ratio and ``aligned``: the vectorised NumPy ops and the kernel give the loops' numbers. RoIWarp is the
+    reference RoIAlign of the rounded RoI."""
+    forward, _, _ = OPS[op]
+    x, rois, size, scale = problem["features"], problem["rois"], problem["output_size"], problem["scale"]
+    ratio, aligned = problem["sampling_ratio"], problem["aligned"]
+    out, _ = forward(x, rois, size, scale, ratio, aligned, mode=mode, impl=impl)
+    if op == "pool":
+        np.testing.assert_array_equal(out, roi_pool_reference(x, rois, size, scale))  # a max copies: exact
+        return
+    if op == "warp":
+        rois = np.concatenate([rois[:, :1], round_half_away_from_zero(rois[:, 1:] * scale)], axis=1)
+        scale = 1.0
+    expected = roi_align_reference(x, rois, size, scale, ratio, aligned, mode)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -306,13 +355,22 @@ def test_roi_pool_cells_are_where_roi_pool_reads():
     np.testing.assert_array_equal(out[0, 0], expected)
 
 
-def test_draw_roi_ops():
-    matplotlib = pytest.importorskip("matplotlib")
-    matplotlib.use("Agg")
+def test_draw_roi_ops(tmp_path):
+    """A Figure made without pyplot (nothing left open), one panel per op, drawn where asked."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
     from minimaskrcnn.viz.roi import draw_roi_ops
-    fig, axes = draw_roi_ops(np.random.default_rng(0).random((8, 10)), (10, 12, 60, 50), 2, 1 / 8, 2, True)
+    before = plt.get_fignums()
+    fig = draw_roi_ops(np.random.default_rng(0).random((8, 10)), (10, 12, 60, 50), 2, 1 / 8, 2, True,
+                       save_path=tmp_path / "roi.png")
+    assert isinstance(fig, Figure) and plt.get_fignums() == before
+    assert (tmp_path / "roi.png").stat().st_size > 0
+    axes = fig.axes
     assert [a.get_title().split(":")[0] for a in axes] == ["RoIPool", "RoIWarp", "RoIAlign"]
     # RoIWarp and RoIAlign draw 2x2 bins with 2x2 points each; RoIPool shades its 4 windows
     assert sum(len(line.get_xdata()) for line in axes[2].lines) == 16
     assert len(axes[0].patches) == 4 + 1  # windows + the RoI
-    matplotlib.pyplot.close(fig)
+    own = Figure().subplots(1, 2)
+    assert draw_roi_ops(np.zeros((4, 4)), (0, 0, 3, 3), ops=("align", "pool"), axes=own) is own[0].figure
+    assert own[0].get_title().startswith("RoIAlign") and own[1].get_title().startswith("RoIPool")

@@ -312,10 +312,10 @@ dcols = w.reshape(1, 9).T @ dout.reshape(1, 4)                # (C*kh*kw, C_out)
 dx_hand = col2im(dcols[None], x.shape, 3, 3)                  # scatter-add each column back
 
 dx, dW, db = F.conv2d_backward(dout, cache)
-# (at stride 1 the library keeps kw row-shifted copies instead of the full im2col matrix: see conv.py's
-#  row_shifts; the GEMMs are the same)
-for name, item in zip(["kind", "columns", "w", "has_bias", "x_shape", "stride", "padding", "dilation", "groups"],
-                      cache):
+# (at stride 1 the library keeps kw row-shifted copies instead of the full im2col matrix: see
+#  nn/_conv_rowshift.py; the GEMMs are the same. conv2d_forward_im2col is the plain path.)
+print(type(cache).__name__)
+for name, item in cache._asdict().items():
     print(f"cache.{name:9s}", f"array {item.shape}" if hasattr(item, "shape") else item)
 assert np.allclose(dx, dx_hand) and np.allclose(dW, dW_hand) and db is None
 """)

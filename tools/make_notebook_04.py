@@ -55,6 +55,7 @@ import sys
 
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import display
 
 if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.abspath(".."))
@@ -116,13 +117,13 @@ max-pooling windows. Cell $(i, j)$ is drawn centred on $(x, y) = (j, i)$.
 code("""
 feature = rng.random((12, 14))
 roi = (37.3, 45.9, 161.2, 150.4)  # image pixels; stride 16 below
-fig, axes = draw_roi_ops(feature, roi, output_size=2, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
+fig = draw_roi_ops(feature, roi, output_size=2, spatial_scale=1 / 16, sampling_ratio=2, aligned=True)
 fig.suptitle("aligned=True", fontsize=10)
-plt.show()
-fig, axes = draw_roi_ops(feature, roi, output_size=2, spatial_scale=1 / 16, sampling_ratio=2, aligned=False,
-                         ops=("align",))
-axes[0].set_title("RoIAlign, aligned=False", fontsize=9)
-plt.show()
+display(fig)
+fig = draw_roi_ops(feature, roi, output_size=2, spatial_scale=1 / 16, sampling_ratio=2, aligned=False,
+                   ops=("align",))
+fig.axes[0].set_title("RoIAlign, aligned=False", fontsize=9)
+display(fig)
 """)
 
 md("""
@@ -320,8 +321,10 @@ except rawkernel.UnsupportedKernelError as e:
 
 md("""
 `impl="kernel"` runs the kernel (CuPy on a GPU, the emulator on NumPy arrays); `impl="numpy"` the vectorised
-NumPy version. They agree to round-off. Below, the Python side of a launch, then a launch by hand: arguments
-go in a tuple, scalars as NumPy scalars of the kernel's parameter types, as `cupy.RawKernel` wants them.
+NumPy version, tuned for the CPU's cache (`ops/_roi_align_fast.py`); `impl="simple"` the same computation
+written to be read (`ops/roi_align.py`). They agree to round-off, and with the plain loops of
+`ops/reference.py`. Below, the Python side of a launch, then a launch by hand: arguments go in a tuple,
+scalars as NumPy scalars of the kernel's parameter types, as `cupy.RawKernel` wants them.
 """)
 
 code("""
@@ -407,6 +410,7 @@ md("""
    no quantization is performed": try `sampling_ratio` 1, 2 and adaptive (`-1`) in section 3.
 4. Write RoIAlign (avg) as four nested Python loops over RoIs, channels, bins and sample points, straight
    from the kernel in section 5, and check it against `roi_align_forward` on the example of section 5.
+   Then compare yours with `minimaskrcnn.ops.reference.roi_align_reference`, the loops the tests use.
 5. In `roi_align.cu`'s backward pass, replace `atomicAdd(p, v)` by `*p += v`. The emulator's results do not
    change. Why not, and what would happen on a GPU?
 """)

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..nn.resample import nearest_indices
 from ..ops.resize import resize_bilinear
 
 
@@ -74,15 +75,11 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
 
 def _resize_nearest(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """Nearest resize of the last two axes, as ``F.interpolate(mode='nearest')``: output pixel ``i``
-    copies input ``min(floor(i * in / out), in - 1)`` (float32 arithmetic, like torch)."""
-    def index(in_size, out_size):
-        if in_size == out_size:
-            return np.arange(out_size)
-        scale = np.float32(in_size) / np.float32(out_size)
-        src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
-        return np.minimum(src, in_size - 1)
-
-    return x[..., index(x.shape[-2], out_h)[:, None], index(x.shape[-1], out_w)]
+    copies input ``min(floor(i * in / out), in - 1)`` (float32 arithmetic, like torch: see
+    :func:`minimaskrcnn.nn.resample.nearest_indices`)."""
+    rows = nearest_indices(x.shape[-2], out_h)
+    cols = nearest_indices(x.shape[-1], out_w)
+    return x[..., rows[:, None], cols]
 
 
 def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

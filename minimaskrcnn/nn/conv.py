@@ -8,14 +8,22 @@ weights reshaped to ``(C_out, C*kh*kw)``. The backward pass is two more products
     dcols = W.T @ dout                      (C*kh*kw, Ho*Wo), then ``col2im`` adds each column back
                                             onto the input pixels it was copied from.
 
+That is :func:`conv2d_forward_im2col` / :func:`conv2d_backward_im2col`, the path to read. :func:`conv2d_forward`
+takes it for every stride > 1 and 1-row kernel, and a faster route to the same products for stride 1
+(``_conv_rowshift.py``: kw shifted copies of the input instead of kh*kw).
+
 Weights are in PyTorch's layout: ``(C_out, C_in/groups, kh, kw)`` for conv2d and
 ``(C_in, C_out/groups, kh, kw)`` for conv_transpose2d, so torchvision weights load unchanged.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from ..backend import as_strided, get_xp
 from . import init
 from ._checks import check_float_array, pair
+from ._conv_rowshift import (Conv2dRowShiftCache, conv2d_backward_rowshift, conv2d_forward_rowshift,
+                             use_row_shifts)
 from .module import Module, Parameter
 
 
@@ -99,16 +107,28 @@ def _check_conv_args(x, w, b, groups, op, transposed=False):
     return c_out
 
 
+class Conv2dIm2colCache(NamedTuple):
+    """What :func:`conv2d_backward_im2col` needs."""
+    cols: object        # (N, G, K, Ho*Wo): im2col of the input, split by group (K = C_in/G * kh * kw)
+    w: object           # (C_out, C_in/G, kh, kw)
+    has_bias: bool
+    x_shape: tuple      # (N, C_in, H, W)
+    stride: tuple       # (h, w) pairs
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+
 def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D cross-correlation (what deep learning calls convolution), as GEMMs.
 
     ``out[n, o, y, x] = b[o] + sum_{c,i,j} w[o, c, i, j] * x_pad[n, g*C_g + c, y*sh + i*dh, x*sw + j*dw]``
     where ``g`` is the group of output channel ``o``.
 
-    Two ways to the same GEMMs: :func:`im2col` (any stride) copies every receptive field, kh*kw times
-    the input; at stride 1, :func:`row_shifts` copies only kw horizontally shifted images, because the
-    kh vertical shifts of a row-major image are just offsets into it (see there). Same result, 3x less
-    copying for a 3x3 kernel, which matters on a memory-bound CPU.
+    Checks the arguments, then takes one of two ways to the same GEMMs (same result to round-off):
+    :func:`conv2d_forward_im2col`, the plain one, for any stride; and at stride 1 with a kernel taller
+    than one row, :func:`~minimaskrcnn.nn._conv_rowshift.conv2d_forward_rowshift`, which copies 3x less
+    for a 3x3 kernel (what matters on a memory-bound CPU).
 
     Args:
         x: (N, C_in, H, W).
@@ -118,142 +138,89 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
         groups: split the channels into this many independent convolutions (ResNeXt, Xie et al. 2017).
     Returns:
         out: (N, C_out, Ho, Wo), Ho = floor((H + 2p - d(kh-1) - 1)/s) + 1.
-        cache: what :func:`conv2d_backward` needs (the columns: kw or kh*kw times the input's memory).
+        cache: for :func:`conv2d_backward` (the columns: kw or kh*kw times the input's memory).
     """
     op = "conv2d_forward"
-    c_out = _check_conv_args(x, w, b, groups, op)
+    _check_conv_args(x, w, b, groups, op)
     stride = pair(stride, "stride", 1, op)
     padding = pair(padding, "padding", 0, op)
     dilation = pair(dilation, "dilation", 1, op)
-    xp = get_xp(x, w, b)
-    N, C, H, W = x.shape
-    _, cg, kh, kw = w.shape
+    H, W = x.shape[2:]
+    kh, kw = w.shape[2:]
     Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
     Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: input {H}x{W} is smaller than the dilated kernel {kh}x{kw} "
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
-    G = groups
-    if _use_row_shifts(w.shape, stride, padding, dilation):
-        # The whole batch as one tall image: images stacked vertically, each with its padding rows, so
-        # each kernel row is a single GEMM over every image at once (see row_shifts).
-        shifted = row_shifts(x, kw, padding, dilation).reshape(G, cg * kw, -1)      # (G, Cg*kw, N*Hp*Wo)
-        w_rows = _kernel_rows(w, G)                                                  # (kh, G, Co/G, Cg*kw)
-        Hp = H + 2 * padding[0]
-        L = ((N - 1) * Hp + Ho) * Wo            # the tall image's output rows, up to the last image's last
-        out = None
-        for i in range(kh):
-            # Kernel row i reads the rows i*dh further down: a contiguous slice (a view, no copy).
-            start = i * dilation[0] * Wo
-            part = xp.matmul(w_rows[i], shifted[..., start:start + L])               # (G, Co/G, L)
-            out = part if out is None else xp.add(out, part, out=out)
-        # Image n's output rows start at row n*Hp; the dh*(kh-1) rows after them straddle two images and
-        # are dropped. (One image needs no copy: its rows are the whole array.)
-        if N == 1:
-            out = out.reshape(1, c_out, Ho, Wo)
-        else:
-            item = out.itemsize
-            out = as_strided(out, (c_out, N, Ho, Wo), (L * item, Hp * Wo * item, Wo * item, item))
-            out = out.transpose(1, 0, 2, 3).copy()
-        cache = ("rows", shifted, w, b is not None, x.shape, stride, padding, dilation, G)
-    else:
-        K = cg * kh * kw
-        cols = im2col(x, kh, kw, stride, padding, dilation).reshape(N, G, K, Ho * Wo)
-        # (G, C_out/G, K) @ (N, G, K, P) -> (N, G, C_out/G, P): one GEMM per image and group.
-        out = xp.matmul(w.reshape(G, c_out // G, K), cols)
-        cache = ("cols", cols, w, b is not None, x.shape, stride, padding, dilation, G)
-    out = out.reshape(N, c_out, Ho, Wo)
-    if b is not None:
-        out += b.reshape(1, -1, 1, 1)
-    return out, cache
+    if use_row_shifts(w.shape, stride, padding, dilation):
+        return conv2d_forward_rowshift(x, w, b, padding, dilation, groups)
+    return conv2d_forward_im2col(x, w, b, stride, padding, dilation, groups)
 
 
 def conv2d_backward(dout, cache):
-    """Gradients of :func:`conv2d_forward`.
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, by the path the forward took."""
+    if isinstance(cache, Conv2dRowShiftCache):
+        return conv2d_backward_rowshift(dout, cache)
+    return conv2d_backward_im2col(dout, cache)
+
+
+def conv2d_forward_im2col(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
+    """conv2d the plain way: :func:`im2col`, then one matrix product per image and group.
+
+    ``out = W @ cols`` with the weights as a ``(C_out, C_in*kh*kw)`` matrix; with groups, each group's
+    output channels multiply only its own rows of ``cols``.
+
+    Args:
+        x: (N, C_in, H, W); w: (C_out, C_in/groups, kh, kw); b: (C_out,) or None.
+        stride, padding, dilation: (h, w) pairs; groups: int. (Unchecked: :func:`conv2d_forward` checks.)
+    Returns:
+        out: (N, C_out, Ho, Wo); a :class:`Conv2dIm2colCache`.
+    """
+    xp = get_xp(x, w, b)
+    N, C, H, W = x.shape
+    c_out, cg, kh, kw = w.shape
+    G, K = groups, cg * kh * kw                      # K: the length of one group's receptive field
+    Ho = conv_output_size(H, kh, stride[0], padding[0], dilation[0])
+    Wo = conv_output_size(W, kw, stride[1], padding[1], dilation[1])
+    cols = im2col(x, kh, kw, stride, padding, dilation).reshape(N, G, K, Ho * Wo)
+    # (G, C_out/G, K) @ (N, G, K, Ho*Wo) -> (N, G, C_out/G, Ho*Wo): one GEMM per image and group.
+    out = xp.matmul(w.reshape(G, c_out // G, K), cols).reshape(N, c_out, Ho, Wo)
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out, Conv2dIm2colCache(cols, w, b is not None, tuple(x.shape), stride, padding, dilation, G)
+
+
+def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
+    """Gradients of :func:`conv2d_forward_im2col`.
 
     Args:
         dout: (N, C_out, Ho, Wo).
     Returns:
         dx (N, C_in, H, W) = col2im(W^T @ dout); dw (C_out, C_in/groups, kh, kw) = sum_n dout_n @ cols_n^T;
         db (C_out,) = sum of dout over n, y, x (None if the forward had no bias).
-
-    At stride 1, ``dx`` is itself a stride-1 convolution: of ``dout`` with the kernel flipped in space and
-    transposed in channels, padded by ``d(k-1) - p`` (each input pixel collects from every output it fed).
     """
-    kind, cols, w, has_bias, x_shape, stride, padding, dilation, G = cache
+    cols, w, has_bias, x_shape, stride, padding, dilation, G = cache
     xp = get_xp(dout, w)
     N = x_shape[0]
     c_out, cg, kh, kw = w.shape
-    Ho, Wo = dout.shape[2], dout.shape[3]
-    d3 = dout.reshape(N, G, c_out // G, Ho * Wo)
+    K, P = cg * kh * kw, dout.shape[2] * dout.shape[3]
+    d3 = dout.reshape(N, G, c_out // G, P)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    if kind == "rows":
-        H = x_shape[2]
-        Hp = H + 2 * padding[0]
-        L = ((N - 1) * Hp + Ho) * Wo
-        # dout laid out like the tall output: each image's Ho rows, then zero rows where outputs were dropped
-        if N == 1:
-            d_tall = dout.reshape(G, c_out // G, L)
-        else:
-            d_tall = xp.zeros((c_out, N, Hp, Wo), dtype=dout.dtype)
-            d_tall[:, :, :Ho] = dout.transpose(1, 0, 2, 3)
-            d_tall = d_tall.reshape(G, c_out // G, N * Hp * Wo)[..., :L]
-        rows = []
-        for i in range(kh):
-            start = i * dilation[0] * Wo
-            rows.append(xp.matmul(d_tall, cols[..., start:start + L].swapaxes(-1, -2)))  # (G, Co/G, Cg*kw)
-        dw = xp.stack(rows).reshape(kh, G, c_out // G, cg, kw).transpose(1, 2, 3, 0, 4).reshape(w.shape)
-        w_flip = w[:, :, ::-1, ::-1].reshape(G, c_out // G, cg, kh, kw).transpose(0, 2, 1, 3, 4)
-        w_flip = xp.ascontiguousarray(w_flip.reshape(G * cg, c_out // G, kh, kw))
-        pad = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
-        dx, _ = conv2d_forward(dout, w_flip, None, 1, pad, dilation, G)
-        return dx, dw, db
-    K = cg * kh * kw
     dw = xp.matmul(d3, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)  # (G, C_out/G, K) summed over n
     dcols = xp.matmul(w.reshape(G, c_out // G, K).swapaxes(-1, -2), d3)     # (N, G, K, P)
-    dx = col2im(dcols.reshape(N, G * K, Ho * Wo), x_shape, kh, kw, stride, padding, dilation)
+    dx = col2im(dcols.reshape(N, G * K, P), x_shape, kh, kw, stride, padding, dilation)
     return dx, dw, db
 
 
-def _use_row_shifts(w_shape, stride, padding, dilation):
-    """Stride 1, a kernel taller than one row, and padding that the flipped-kernel backward can mirror."""
-    _, _, kh, kw = w_shape
-    return (stride == (1, 1) and kh > 1 and padding[0] <= dilation[0] * (kh - 1)
-            and padding[1] <= dilation[1] * (kw - 1))
-
-
-def row_shifts(x, kw, padding=(0, 0), dilation=(1, 1)):
-    """The stride-1 alternative to :func:`im2col`: ``kw`` horizontally shifted copies of the padded batch,
-    with the N images stacked vertically into one tall image.
-
-    ``out[c, j, n, y, x] = x_pad[n, c, y, x + j*dw]`` for the ``Wo`` output columns, stored row-major as
-    (C*kw, N*Hp*Wo). Kernel row ``i`` then needs the same rows ``i*dh`` further down, which in row-major
-    order is the contiguous slice starting at ``i*dh*Wo``: the kh vertical taps cost no copy at all. Near
-    the bottom of each image that slice runs into the next image's (padding) rows; those outputs are the
-    ones :func:`conv2d_forward` drops (a waste of dh*(kh-1) rows in Hp, 2 in 16 for 14x14 RoI features).
-
-    Returns:
-        (C*kw, N*Hp*Wo) with Hp the padded height.
-    """
-    xp = get_xp(x)
-    N, C, H, W = x.shape
-    (ph, pw), (_, dw) = padding, dilation
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    Wo = Wp - dw * (kw - 1)
-    out = xp.zeros((C, kw, N, Hp, Wo), dtype=x.dtype)
-    xc = x.transpose(1, 0, 2, 3)                                   # (C, N, H, W): channels outermost
-    for j in range(kw):
-        # columns of x that land in output columns [lo, hi) for horizontal tap j
-        lo, hi = max(0, pw - j * dw), min(Wo, W + pw - j * dw)
-        out[:, j, :, ph:ph + H, lo:hi] = xc[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
-    return out.reshape(C * kw, N * Hp * Wo)
-
-
-def _kernel_rows(w, G):
-    """(C_out, Cg, kh, kw) -> (kh, G, C_out/G, Cg*kw): the weights of each kernel row, matching row_shifts."""
-    c_out, cg, kh, kw = w.shape
-    return get_xp(w).ascontiguousarray(w.reshape(G, c_out // G, cg, kh, kw).transpose(3, 0, 1, 2, 4)
-                                       .reshape(kh, G, c_out // G, cg * kw))
+class ConvTranspose2dCache(NamedTuple):
+    """What :func:`conv_transpose2d_backward` needs: the input, the weights, whether there was a bias,
+    stride and padding ((h, w) pairs) and the groups."""
+    x: object
+    w: object
+    has_bias: bool
+    stride: tuple
+    padding: tuple
+    groups: int
 
 
 def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1):
@@ -297,7 +264,7 @@ def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0
         out = col2im(cols.reshape(N, G * K, H * W), (N, c_out, Ho, Wo), kh, kw, stride, padding, (1, 1))
     if b is not None:
         out += b.reshape(1, -1, 1, 1)
-    return out, (x, w, b is not None, stride, padding, groups)
+    return out, ConvTranspose2dCache(x, w, b is not None, stride, padding, groups)
 
 
 def conv_transpose2d_backward(dout, cache):

@@ -75,11 +75,16 @@ def max_pool2d_naive(x, kernel_size, stride=None, padding=0):
 
 
 def upsample_nearest_naive(x, out_h, out_w):
+    """``out[:, :, y, x] = x[:, :, sy, sx]`` with ``sy = min(floor(y * H / out_h), H - 1)`` (and ``sx``
+    alike) computed in float32, as PyTorch does: ``H / out_h`` rounded to float32, times ``y``, rounded."""
     N, C, H, W = x.shape
     out = np.empty((N, C, out_h, out_w), dtype=x.dtype)
+    step_y = np.float32(H) / np.float32(out_h)
+    step_x = np.float32(W) / np.float32(out_w)
     for y in range(out_h):
         for xx in range(out_w):
-            sy, sx = min(int(np.floor(y * H / out_h)), H - 1), min(int(np.floor(xx * W / out_w)), W - 1)
+            sy = min(int(np.floor(np.float32(y) * step_y)), H - 1)
+            sx = min(int(np.floor(np.float32(xx) * step_x)), W - 1)
             out[:, :, y, xx] = x[:, :, sy, sx]
     return out
 

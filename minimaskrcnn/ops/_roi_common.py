@@ -65,8 +65,8 @@ def check_roi_inputs(features, rois, output_size, spatial_scale, sampling_ratio,
         raise ValueError(f"{op}: sampling_ratio must be an int (<= 0: adaptive), got {sampling_ratio!r}")
     if not isinstance(aligned, (bool, np.bool_)):
         raise ValueError(f"{op}: aligned must be True or False, got {aligned!r}")
-    if impl not in ("numpy", "kernel"):
-        raise ValueError(f"{op}: impl must be 'numpy' or 'kernel', got {impl!r}")
+    if impl not in ("numpy", "simple", "kernel"):
+        raise ValueError(f"{op}: impl must be 'numpy', 'simple' or 'kernel', got {impl!r}")
     if mode is not None and mode not in ("avg", "max"):
         raise ValueError(f"{op}: mode must be 'avg' or 'max', got {mode!r}")
 

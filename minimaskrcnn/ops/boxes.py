@@ -47,11 +47,30 @@ def _check_vector(v, n: int, name: str, like: str) -> None:
         raise ValueError(f"{name} must have shape ({n},), one value per row of {like}, got {shape}")
 
 
+def _upcast(boxes):
+    """``boxes`` in a type wide enough for differences and areas: float16 -> float32, every integer type
+    -> int64; float32 and float64 are returned as they are.
+
+    torchvision's ``_upcast`` does the same before its products (it stops at int32): int8 boxes of side
+    100 have area 10000, which int8 arithmetic wraps to 16, and float16 overflows (inf) above 65504, so a
+    300x300 box's IoU would be inf / inf = NaN. int64 also keeps the differences of unsigned coordinates
+    (``min(x2) - max(x1)`` of disjoint boxes) negative instead of wrapping around.
+    """
+    dtype = boxes.dtype
+    if np.issubdtype(dtype, np.floating):
+        return boxes if dtype.itemsize >= 4 else boxes.astype(np.float32)
+    if np.issubdtype(dtype, np.integer):
+        return boxes if dtype == np.int64 else boxes.astype(np.int64)
+    raise ValueError(f"boxes must be a real-valued array (floats or integers), got dtype {dtype}")
+
+
 def box_area(boxes):
-    """Area ``(x2 - x1) * (y2 - y1)`` of each box: ``(..., 4) -> (...)``."""
+    """Area ``(x2 - x1) * (y2 - y1)`` of each box: ``(..., 4) -> (...)``, in the :func:`_upcast` type
+    (float32 for float16 boxes, int64 for integer boxes), like ``torchvision.ops.box_area``."""
     if not hasattr(boxes, "shape") or boxes.shape[-1:] != (4,):
         raise ValueError(f"boxes must have shape (..., 4), got "
                          f"{getattr(boxes, 'shape', type(boxes).__name__)}")
+    boxes = _upcast(boxes)
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
@@ -59,11 +78,13 @@ def box_iou(boxes1, boxes2):
     """Intersection over union of every pair of boxes: ``(N, 4), (M, 4) -> (N, M)``.
 
     ``IoU = |A n B| / |A u B|``. Like ``torchvision.ops.box_iou``, two zero-area boxes have IoU
-    ``0 / 0 = NaN``; integer boxes give a float64 result.
+    ``0 / 0 = NaN``. Computed in the :func:`_upcast` type: float16 boxes give float32 IoUs, integer
+    boxes float64 ones.
     """
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
     xp = get_xp(boxes1, boxes2)
+    boxes1, boxes2 = _upcast(boxes1), _upcast(boxes2)
     area1 = box_area(boxes1)
     area2 = box_area(boxes2)
     # Intersection rectangle of every pair, one coordinate at a time: (N, 1) against (M,) -> (N, M).
@@ -234,16 +255,27 @@ def nms(boxes, scores, iou_threshold: float, max_keep: int | None = None):
     is only stable for N <= 16, so with tied scores on larger inputs it may visit tied boxes in another
     order; its documentation leaves the order of ties unspecified. A pair of zero-area boxes has IoU
     0/0 = NaN and does not suppress, as in torchvision.
+
+    Narrow boxes are computed in the :func:`_upcast` type (float16 areas overflow and int8 ones wrap
+    around), and a NaN ``iou_threshold`` (with which no box would be suppressed) is refused.
     """
     check_boxes(boxes, "boxes")
     _check_scores(scores, boxes.shape[0])
-    return _greedy_nms(boxes, scores, iou_threshold, max_keep)
+    _check_iou_threshold(iou_threshold)
+    return _greedy_nms(_upcast(boxes), scores, iou_threshold, max_keep)
 
 
 def _check_scores(scores, n: int) -> None:
     _check_vector(scores, n, "scores", "boxes")
     if bool(get_xp(scores).isnan(scores).any()):
         raise ValueError("scores contains NaN")
+
+
+def _check_iou_threshold(iou_threshold) -> None:
+    # "iou > nan" is always False: a NaN threshold would silently suppress nothing.
+    if isinstance(iou_threshold, bool) or not isinstance(iou_threshold, (int, float, np.integer, np.floating)) \
+            or math.isnan(iou_threshold):
+        raise ValueError(f"iou_threshold must be a number (an IoU, e.g. 0.5), got {iou_threshold!r}")
 
 
 def _greedy_nms(boxes, scores, iou_threshold, max_keep):
@@ -289,7 +321,9 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None 
     check_boxes(boxes, "boxes")
     _check_scores(scores, boxes.shape[0])
     _check_vector(idxs, boxes.shape[0], "idxs", "boxes")
+    _check_iou_threshold(iou_threshold)
     xp = get_xp(boxes, scores, idxs)
+    boxes = _upcast(boxes)  # the offsets below reach (max + 1) * max(idxs): too far for float16 or int8
     if boxes.shape[0] == 0:
         return xp.zeros((0,), dtype=xp.int64)
     if not np.issubdtype(idxs.dtype, np.integer) or bool((idxs < 0).any()):

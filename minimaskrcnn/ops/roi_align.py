@@ -6,19 +6,30 @@ splits the RoI into ``PH x PW`` equal bins, reads ``sampling_ratio x sampling_ra
 points in each bin by bilinear interpolation and averages them (or takes their max). Table 2c: +3
 mask AP over RoIPool at stride 16, +7 at stride 32 (Table 2d), most of it at AP75.
 
-Two implementations with one signature and identical results (to round-off):
+Read it in three steps:
 
-* ``impl="numpy"`` (this file): vectorised over RoIs, bins and samples. The averaging RoIAlign is a
-  *linear* map of the features, ``out = S @ F``, with ``S`` a sparse ``(K*PH*PW) x (N*H*W)`` matrix of
-  bilinear weights; forward multiplies by ``S``, backward by ``S.T``. ``S`` factorises per RoI and
-  bin into a y-part times an x-part, so it is built from small 1-D tables. The products gather
-  feature rows in chunks of RoIs sized to stay in the CPU cache (~2 MiB each): the only Python loop,
-  over groups of many RoIs.
-* ``impl="kernel"``: the CUDA kernel ``kernels/roi_align.cu`` (cupy.RawKernel on CuPy arrays; the CPU
-  emulator of :mod:`minimaskrcnn.ops.rawkernel` on NumPy arrays), one thread per output value.
+1. ``ops/reference.py``: the definition as plain loops, one RoI, bin and sample point at a time.
+2. This file: the geometry of every sample point as small tables (:func:`_sample_points`,
+   :func:`_neighbours`), and ``impl="simple"``, which uses them to gather every point's four neighbouring
+   cells in one step and to scatter the gradient back in one step (:func:`_simple_forward`).
+3. The fast versions, same numbers: ``impl="numpy"`` (the default; ``_roi_align_fast.py``, the same tables
+   walked in cache-sized chunks as a sparse matrix product) and ``impl="kernel"``, the CUDA kernel
+   ``kernels/roi_align.cu`` (cupy.RawKernel on CuPy arrays; on NumPy arrays the CPU emulator of
+   :mod:`minimaskrcnn.ops.rawkernel`), one thread per output value.
 
-Geometry, border rules and defaults follow ``torchvision.ops.roi_align`` exactly, so weights trained
-with torchvision behave the same here. RoIWarp (roi_warp.py) reuses this file with ``quantize=True``.
+RoIWarp (roi_warp.py) reuses this file with ``quantize=True``: the RoI's corners rounded first.
+
+Parity notes (torchvision's ``roi_align``, so that its weights behave the same here):
+
+* Cell ``i``'s value sits at coordinate ``i``. ``aligned=False`` (torchvision's default, the paper's)
+  reads the RoI half a cell off; ``aligned=True`` (Detectron2) subtracts 0.5 from its corners.
+* Without ``aligned``, a RoI is at least 1x1 cell. Adaptive sampling (``sampling_ratio <= 0``) takes
+  ``ceil(bin size)`` points per axis, none for an inverted ``aligned`` RoI; an empty bin gives 0.
+* A point more than one cell outside the map reads 0; a point in that one-cell margin is clamped onto
+  the border.
+* The tables are computed with the kernel's arithmetic, in the same order and precision, so that in float32
+  all three implementations pick the same cells. Max mode: ties keep the first point, numbered
+  ``iy * grid_w + ix`` as the kernel numbers them.
 """
 from __future__ import annotations
 
@@ -26,20 +37,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, to_numpy
-from ._roi_common import (
-    bins_to_kchw,
-    channels_last,
-    check_int32_sizes,
-    check_dout,
-    check_roi_inputs,
-    chunks_by_size,
-    kchw_to_bins,
-    max_and_argmax,
-    output_size_pair,
-    round_half_away_from_zero,
-    sparse_rows_matmul,
-)
+from ..backend import get_xp, scatter_add
+from . import _roi_align_fast as fast
+from ._roi_common import check_dout, check_int32_sizes, check_roi_inputs, output_size_pair, round_half_away_from_zero
 from .rawkernel import get_kernel, launch_1d
 
 
@@ -73,13 +73,10 @@ def roi_align_forward(features, rois, output_size, spatial_scale=1.0, sampling_r
             image but its value is read at ``i``; the shift lines the two up (Detectron2's fix). False,
             torchvision's default, reproduces the paper.
         mode: ``"avg"`` (the paper's default) or ``"max"`` over a bin's points (Table 2c compares both).
-        impl: ``"numpy"`` or ``"kernel"`` (see the module docstring).
+        impl: ``"numpy"``, ``"simple"`` or ``"kernel"`` (see the module docstring).
 
     Returns:
         out: (K, C, PH, PW), ``features.dtype``; cache for :func:`roi_align_backward`.
-
-    Samples more than one cell outside the map read 0; samples in that one-cell margin are clamped
-    onto the border. Without ``aligned`` a RoI is at least 1x1 cell. Empty bins give 0.
     """
     return bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ratio, aligned, mode,
                                 impl, quantize=False, op="roi_align_forward")
@@ -108,10 +105,12 @@ def bilinear_roi_forward(features, rois, output_size, spatial_scale, sampling_ra
         xp = get_xp(features)
         out = xp.zeros((0, features.shape[1], PH, PW), dtype=features.dtype)
         argmax = xp.zeros(out.shape, dtype=np.int32) if mode == "max" else None
+    elif impl == "simple":
+        out, argmax = _simple_forward(features, cache)
     elif mode == "avg":
-        out, argmax = _numpy_avg_forward(features, cache), None
+        out, argmax = fast.avg_forward(features, cache, _geometry_of(cache)), None
     else:
-        out, argmax = _numpy_max_forward(features, cache)
+        out, argmax = fast.max_forward(features, cache, _geometry_of(cache))
     return out, cache._replace(argmax=argmax)
 
 
@@ -120,9 +119,11 @@ def bilinear_roi_backward(dout, cache: RoIAlignCache, op: str):
     check_dout(dout, cache, op)
     if cache.impl == "kernel":
         return _kernel_backward(dout, cache)
+    if cache.impl == "simple" or len(cache.rois) == 0:
+        return _simple_backward(dout, cache)
     if cache.mode == "avg":
-        return _numpy_avg_backward(dout, cache)
-    return _numpy_max_backward(dout, cache)
+        return fast.avg_backward(dout, cache, _geometry_of(cache))
+    return fast.max_backward(dout, cache, _geometry_of(cache))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,161 +228,80 @@ def roi_sample_points(roi, output_size, spatial_scale=1.0, sampling_ratio=-1, al
             "x_edges": x1 + (x2 - x1) * np.arange(PW + 1) / PW, "y": y[0, :, :gy[0]], "x": x[0, :, :gx[0]]}
 
 
-def _merge(axis: _Axis):
-    """Per (RoI, bin): the distinct cells its points touch, with their weights summed.
-
-    Neighbouring points of a bin often share a cell; merging first means each cell is read once.
-    Returns idx, w (K, B, L) with the ``n`` (K, B) distinct cells first, then zero-weight padding.
-    """
-    xp = get_xp(axis.w)
-    K, B = axis.idx.shape[:2]
-    idx, w = axis.idx.reshape(K, B, -1), axis.w.reshape(K, B, -1)
-    unused = np.iinfo(np.int64).max                          # sorts after every real cell
-    idx = xp.where(w != 0, idx, unused)
-    order = xp.argsort(idx, axis=-1)
-    idx, w = xp.take_along_axis(idx, order, -1), xp.take_along_axis(w, order, -1)
-    first = xp.ones(idx.shape, dtype=bool)                   # first entry of each run of equal cells
-    first[..., 1:] = idx[..., 1:] != idx[..., :-1]
-    run = xp.cumsum(first.reshape(-1)) - 1
-    run_sum = xp.bincount(run, weights=w.reshape(-1).astype(np.float64))[run].reshape(w.shape)
-    keep = first & (idx != unused)
-    idx = xp.where(keep, idx, unused)
-    order = xp.argsort(idx, axis=-1)                         # kept cells first
-    idx = xp.take_along_axis(idx, order, -1)
-    w = xp.take_along_axis(xp.where(keep, run_sum, 0).astype(w.dtype), order, -1)
-    n = keep.sum(-1)
-    L = max(int(n.max()) if n.size else 1, 1)
-    return xp.where(idx == unused, 0, idx)[..., :L], w[..., :L], n
-
-
-def _avg_blocks(rois, cache: RoIAlignCache, row_bytes: int):
-    """Yield ``(ks, pix, wts)`` for chunks of RoIs ``ks``: every bin's distinct cells as rows of the
-    channels-last feature matrix (``(n*H + y)*W + x``) and their weights, ``(len(ks), PH, PW, Ly, Lx)``.
-
-    These are the rows of the sparse matrix ``S`` (``out = S @ F``), chunked so that the features they
-    gather (``row_bytes`` per cell) stay near the cache-sized budget.
-    """
-    xp = get_xp(rois)
+def _geometry_of(cache: RoIAlignCache):
+    """:func:`_geometry` of the forward's RoIs and arguments: ``(y_axis, x_axis, count)``."""
     N, C, H, W = cache.features_shape
-    PH, PW = cache.output_size
-    y, x, count = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
-                            cache.aligned, cache.quantize, H, W)
-    yi, yw, ny = _merge(y)
-    xi, xw, nx = _merge(x)
-    batch = rois[:, 0].astype(np.int64)
-    cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
-    for ks in chunks_by_size(to_numpy(cells), row_bytes):
-        ks = xp.asarray(ks)
-        Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
-        rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
-        pix = rows[:, :, None, :, None] + xi[ks, None, :, None, :Lx]                # (k, PH, PW, Ly, Lx)
-        wts = yw[ks, :, None, :Ly, None] * xw[ks, None, :, None, :Lx] / count[ks, None, None, None, None]
-        yield ks, pix, wts
+    return _geometry(cache.rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio, cache.aligned,
+                     cache.quantize, H, W)
 
 
-def _numpy_avg_forward(features, cache):
+# ----------------------------------------------------------------------------------------------------
+# impl="simple": the tables used directly. Every (RoI, bin, point) reads its 2 x 2 neighbouring cells:
+# one gather of K*PH*PW*Gy*Gx*4 channel vectors (fine for small problems; the NumPy path chunks it).
+
+def _point_reads(cache: RoIAlignCache):
+    """For every RoI ``k``, bin ``(ph, pw)``, point ``(gy, gx)`` and neighbour ``(a, b)``: the flat index of
+    the neighbouring cell ``(n*H + row)*W + col`` and its bilinear weight, both (K, PH, PW, Gy, Gx, 2, 2);
+    which points are real (K, 1, 1, Gy, Gx) (the tables pad every RoI to the largest grid); the points per
+    bin ``count`` (K,) and along x ``grid_x`` (K,), by which the kernel numbers a point ``iy * grid_x + ix``."""
+    xp = get_xp(cache.rois)
+    N, C, H, W = cache.features_shape
+    y, x, count = _geometry_of(cache)            # y.idx, y.w: (K, PH, Gy, 2); x.idx, x.w: (K, PW, Gx, 2)
+    batch = cache.rois[:, 0].astype(np.int64)[:, None, None, None, None, None, None]
+    rows = y.idx[:, :, None, :, None, :, None]   # -> (K, PH, 1, Gy, 1, 2, 1)
+    cols = x.idx[:, None, :, None, :, None, :]   # -> (K, 1, PW, 1, Gx, 1, 2)
+    cell = (batch * H + rows) * W + cols
+    weight = y.w[:, :, None, :, None, :, None] * x.w[:, None, :, None, :, None, :]
+    Gy, Gx = y.idx.shape[2], x.idx.shape[2]
+    real = (xp.arange(Gy)[None, :, None] < y.grid[:, None, None]) & \
+           (xp.arange(Gx)[None, None, :] < x.grid[:, None, None])
+    return cell, weight, real[:, None, None], count, x.grid
+
+
+def _simple_forward(features, cache: RoIAlignCache):
+    """``(out, argmax)``: every point's value from its four neighbours, then the mean (or the first max)
+    over each bin's points. ``argmax`` (max mode only) numbers the winner ``iy * grid_x + ix``."""
     xp = get_xp(features)
     N, C, H, W = features.shape
-    K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    F = channels_last(features)                                  # (N*H*W, C)
-    out = xp.zeros((K, C, PH, PW), dtype=features.dtype)
-    for ks, pix, wts in _avg_blocks(cache.rois, cache, C * features.itemsize):
-        n = pix.shape[0] * PH * PW
-        block = xp.take(F, pix.reshape(n, -1), axis=0)           # (bins, cells, C)
-        # (bins, 1, cells) @ (bins, cells, C): each bin's weighted sum of its cells' channel vectors.
-        out[ks] = bins_to_kchw(xp.matmul(wts.reshape(n, 1, -1), block)[:, 0], PH, PW)
-    return out
+    cell, weight, real, count, grid_x = _point_reads(cache)
+    pixels = features.transpose(0, 2, 3, 1).reshape(N * H * W, C)          # row (n*H + y)*W + x: a pixel
+    # each point's value: its four neighbours, weighted (added in the kernel's order: w1 v1 + ... + w4 v4)
+    reads = weight[..., None] * pixels[cell]                                # (K, PH, PW, Gy, Gx, 2, 2, C)
+    value = reads[..., 0, 0, :] + reads[..., 0, 1, :] + reads[..., 1, 0, :] + reads[..., 1, 1, :]
+    K, PH, PW, Gy, Gx = value.shape[:5]
+    if cache.mode == "avg":
+        out = value.sum(axis=(3, 4)) / count[:, None, None, None]           # (K, PH, PW, C)
+        return xp.ascontiguousarray(out.transpose(0, 3, 1, 2)), None
+    value = xp.where(real[..., None], value, -xp.inf).reshape(K, PH, PW, Gy * Gx, C)
+    best = value.argmax(axis=3)                                             # first maximum: as the kernel
+    out = xp.take_along_axis(value, best[:, :, :, None], axis=3)[:, :, :, 0]
+    has_points = real.reshape(K, 1, 1, Gy * Gx).any(axis=3)[..., None]      # (K, 1, 1, 1)
+    argmax = xp.where(has_points, (best // Gx) * grid_x[:, None, None, None] + best % Gx, -1)
+    return (xp.ascontiguousarray(xp.where(has_points, out, 0).transpose(0, 3, 1, 2)),
+            xp.ascontiguousarray(argmax.transpose(0, 3, 1, 2)).astype(np.int32))
 
 
-def _numpy_avg_backward(dout, cache):
-    """``dF = S.T @ dout``: the same sparse matrix, transposed, as COO triplets."""
+def _simple_backward(dout, cache: RoIAlignCache):
+    """Every (RoI, bin, point, neighbour) sends ``dout * weight`` (divided by the points per bin for
+    ``avg``; only the winning point's for ``max``) back to its cell: one scatter-add."""
     xp = get_xp(dout)
     N, C, H, W = cache.features_shape
-    K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    if K == 0:
-        return xp.zeros((N, C, H, W), dtype=dout.dtype)
-    rows, cols, vals = [], [], []
-    for ks, pix, wts in _avg_blocks(cache.rois, cache, 8):
-        bins = (ks[:, None, None] * PH + xp.arange(PH)[:, None]) * PW + xp.arange(PW)  # (k, PH, PW)
-        keep = wts != 0
-        rows.append(xp.broadcast_to(bins[..., None, None], pix.shape)[keep])
-        cols.append(pix[keep])
-        vals.append(wts[keep])
-    dout_rows = kchw_to_bins(dout)                             # (K*PH*PW, C)
-    dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
-    for pix, grad in sparse_rows_matmul(xp.concatenate(cols), xp.concatenate(rows), xp.concatenate(vals),
-                                        dout_rows):
-        dF[pix // (H * W), :, pix % (H * W)] = grad          # (pixels, C) rows into (N, C, H*W)
-    return dF.reshape(N, C, H, W)
-
-
-def _max_blocks(rois, cache, row_bytes):
-    """Yield ``(ks, pix, wts, real, grids)`` per chunk of RoIs ``ks``, with ``n = len(ks)*PH*PW`` bins of
-    ``S = Gy * Gx`` (padded) sample points each: the four neighbours of every point as rows of the
-    channels-last features, ``pix`` (n, S, 4), their weights ``wts`` (n, S, 4), which points are real
-    (not padding) ``real`` (n, S), and ``grids = (Gx, grid_x)``, with each bin's true ``grid_x``
-    (n, 1), to renumber point ``iy * Gx + ix`` as the kernel's ``iy * grid_x + ix``."""
-    xp = get_xp(rois)
-    N, C, H, W = cache.features_shape
-    PH, PW = cache.output_size
-    y, x, _ = _geometry(rois, cache.spatial_scale, cache.output_size, cache.sampling_ratio,
-                        cache.aligned, cache.quantize, H, W)
-    batch = rois[:, 0].astype(np.int64)
-    for ks in chunks_by_size(to_numpy(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
-        ks = xp.asarray(ks)
-        k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
-        rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
-        pix = rows[:, :, None, :, None, :, None] + x.idx[ks, None, :, None, :Gx, None, :]
-        wts = y.w[ks, :, None, :Gy, None, :, None] * x.w[ks, None, :, None, :Gx, None, :]
-        real = (xp.arange(Gy)[None, :, None] < y.grid[ks, None, None]) & \
-               (xp.arange(Gx)[None, None, :] < x.grid[ks, None, None])              # (k, Gy, Gx)
-        real = xp.broadcast_to(real.reshape(k, 1, 1, Gy * Gx), (k, PH, PW, Gy * Gx))
-        n, S = k * PH * PW, Gy * Gx
-        grid_x = xp.repeat(x.grid[ks], PH * PW)[:, None]
-        yield ks, pix.reshape(n, S, 4), wts.reshape(n, S, 4), real.reshape(n, S), (Gx, grid_x)
-
-
-def _numpy_max_forward(features, cache):
-    xp = get_xp(features)
-    N, C, H, W = features.shape
-    K, (PH, PW) = cache.rois.shape[0], cache.output_size
-    F = channels_last(features)
-    out = xp.zeros((K, C, PH, PW), dtype=features.dtype)
-    argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
-    for ks, pix, wts, real, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * features.itemsize):
-        # Every point's value w1*v1 + w2*v2 + w3*v3 + w4*v4, added in the kernel's order.
-        value = wts[:, :, 0, None] * xp.take(F, pix[:, :, 0], axis=0)              # (n, S, C)
-        for q in range(1, 4):
-            value += wts[:, :, q, None] * xp.take(F, pix[:, :, q], axis=0)
-        value = xp.where(real[:, :, None], value, -xp.inf)                         # padding never wins
-        best, s = max_and_argmax(value)                                            # (n, C)
-        has_points = real.any(axis=1)[:, None]
-        out[ks] = bins_to_kchw(xp.where(has_points, best, 0), PH, PW)
-        argmax[ks] = bins_to_kchw(xp.where(has_points, (s // Gx) * grid_x + s % Gx, -1), PH, PW)
-    return out, argmax
-
-
-def _numpy_max_backward(dout, cache):
-    """Route each ``dout[k, c, ph, pw]`` to the four cells of its winning point.
-
-    Every channel has its own winner, so ``dout`` is first spread over the points, ``(S, bins, C)``
-    with zeros except at the winner; then it is ``S.T @ that``, as in the avg backward.
-    """
-    xp = get_xp(dout)
-    N, C, H, W = cache.features_shape
-    PH, PW = cache.output_size
-    dF = xp.zeros((N, C, H * W), dtype=dout.dtype)
-    for ks, pix, wts, _, (Gx, grid_x) in _max_blocks(cache.rois, cache, C * dout.itemsize):
-        n, S = pix.shape[:2]
-        a = kchw_to_bins(cache.argmax[ks]).astype(np.int64)                        # (n, C)
-        g = xp.maximum(grid_x, 1)
-        s = xp.where(a >= 0, (a // g) * Gx + a % g, -1)                            # chunk's numbering
-        spread = xp.where(s[None] == xp.arange(S)[:, None, None], kchw_to_bins(dout[ks])[None], 0)
-        col = xp.broadcast_to(xp.arange(S)[None, :, None] * n + xp.arange(n)[:, None, None], pix.shape)
-        keep = wts != 0
-        for p, grad in sparse_rows_matmul(pix[keep], col[keep], wts[keep], spread.reshape(S * n, C)):
-            dF[p // (H * W), :, p % (H * W)] += grad
-    return dF.reshape(N, C, H, W)
+    dF = xp.zeros((N * H * W, C), dtype=dout.dtype)                         # channels-last, like the gather
+    if len(cache.rois):
+        cell, weight, _, count, grid_x = _point_reads(cache)
+        K, PH, PW, Gy, Gx = weight.shape[:5]
+        d = dout.transpose(0, 2, 3, 1)[:, :, :, None, None, None, None, :]  # (K, PH, PW, 1, 1, 1, 1, C)
+        if cache.mode == "avg":
+            grads = d * (weight / count[:, None, None, None, None, None, None])[..., None]
+        else:
+            g = xp.maximum(grid_x, 1)[:, None, None, None]
+            a = cache.argmax.transpose(0, 2, 3, 1).astype(np.int64)         # (K, PH, PW, C), -1: none
+            won = (a // g)[:, :, :, None, None, :] * Gx + (a % g)[:, :, :, None, None, :]
+            point = (xp.arange(Gy)[:, None] * Gx + xp.arange(Gx))[None, None, None, :, :, None]
+            mask = (won == point) & (a >= 0)[:, :, :, None, None, :]        # (K, PH, PW, Gy, Gx, C)
+            grads = d * weight[..., None] * mask[:, :, :, :, :, None, None, :]
+        scatter_add(dF, cell.reshape(-1), grads.reshape(-1, C))
+    return dF.reshape(N, H, W, C).transpose(0, 3, 1, 2).copy()
 
 
 # ----------------------------------------------------------------------------------------------------

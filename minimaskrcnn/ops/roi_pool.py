@@ -60,6 +60,8 @@ def roi_pool_forward(features, rois, output_size, spatial_scale=1.0, sampling_ra
         sampling_ratio, aligned: ignored (see the module docstring).
         mode: must be ``"max"``.
         impl: ``"numpy"`` or ``"kernel"`` (``kernels/roi_pool.cu``: CuPy, or the CPU emulator).
+            ``"simple"``, which RoIAlign offers as its readable NumPy version, is ``"numpy"`` here: RoIPool's
+            NumPy path already is a plain gather and max (chunked only to bound its memory).
 
     Returns:
         out (K, C, PH, PW); cache for :func:`roi_pool_backward`.

@@ -5,11 +5,16 @@ bins, and what each bin reads: whole cells for RoIPool, bilinear sample points f
 RoIAlign. Coordinates are feature-map cells, cell ``(i, j)`` drawn centred on ``(x, y) = (j, i)`` as
 ``plt.imshow`` draws it; the RoI ``(x1, y1, x2, y2)`` in image pixels covers ``x1 * spatial_scale - 0.5
 .. x2 * spatial_scale - 0.5`` there (pixel ``u`` of the image spans ``[u, u + 1)``).
+
+As every function of this package: draws into ``axes`` when given, else into a new
+``matplotlib.figure.Figure`` (made without pyplot: nothing stays open, no display is needed), returns the
+figure, and writes it as a PNG when ``save_path`` is given. In a notebook, ``display(fig)``.
 """
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..backend import to_numpy
@@ -21,7 +26,7 @@ TITLES = {"pool": "RoIPool: RoI and bins rounded", "warp": "RoIWarp: RoI rounded
 
 
 def draw_roi_ops(feature_map, roi, output_size=2, spatial_scale=1.0, sampling_ratio=2, aligned=False,
-                 ops=("pool", "warp", "align"), axes=None, cmap="Greys"):
+                 ops=("pool", "warp", "align"), axes=None, cmap="Greys", save_path=None) -> Figure:
     """Draw each operator's bins and reads for one RoI over one feature map.
 
     Args:
@@ -29,18 +34,20 @@ def draw_roi_ops(feature_map, roi, output_size=2, spatial_scale=1.0, sampling_ra
         roi: ``(x1, y1, x2, y2)`` in image pixels.
         output_size, spatial_scale, sampling_ratio, aligned: as the operators take them.
         ops: which panels, from ``"pool"``, ``"warp"``, ``"align"``.
-        axes: matplotlib axes to draw in (one per op); new ones if None.
+        axes: matplotlib axes to draw in (one per op); a new figure's if None.
+        save_path: also write the figure there as a PNG.
     Returns:
-        ``(fig, axes)``.
+        the figure; ``fig.axes`` holds one panel per op, in order, each with its bins and reads as
+        patches and lines.
     """
     feature_map = to_numpy(feature_map)
     H, W = feature_map.shape
     if axes is None:
-        fig, axes = plt.subplots(1, len(ops), figsize=(3.2 * len(ops), 3.2 * H / W + 0.4), squeeze=False)
-        axes = axes[0]
+        fig = Figure(figsize=(3.2 * len(ops), 3.2 * H / W + 0.4), layout="constrained")
+        axes = fig.subplots(1, len(ops), squeeze=False)[0]
     fig = axes[0].figure
     true_box = np.asarray(roi, dtype=np.float64) * spatial_scale - 0.5
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     for ax, op in zip(axes, ops, strict=True):
         ax.imshow(feature_map, cmap=cmap)
         ax.set_xticks(np.arange(-0.5, W, 1), minor=True)
@@ -72,4 +79,6 @@ def draw_roi_ops(feature_map, roi, output_size=2, spatial_scale=1.0, sampling_ra
         ax.set_xlim(-0.5, W - 0.5)
         ax.set_ylim(H - 0.5, -0.5)
         ax.set_title(TITLES.get(op, op), fontsize=9)
-    return fig, axes
+    if save_path is not None:
+        fig.savefig(save_path, dpi=100)
+    return fig

@@ -1,0 +1,142 @@
+"""conv2d's fast path for stride 1: the same GEMMs as im2col, from 3x fewer copied bytes.
+
+:func:`minimaskrcnn.nn.conv.conv2d_forward` takes this path for every stride-1 convolution with a kernel
+taller than one row (ResNet's and the FPN's 3x3s, the mask head's four 3x3s); the plain im2col path
+(:func:`minimaskrcnn.nn.conv.conv2d_forward_im2col`) gives the same result to round-off and is the one to
+read first. Here is why this one is faster on a memory-bound CPU:
+
+im2col copies every receptive field, kh*kw times the input. At stride 1, :func:`row_shifts` copies only the
+kw horizontally shifted images, because the kh vertical shifts of a row-major image are just offsets into
+it: kernel row ``i`` reads the rows ``i*dh`` further down, a contiguous slice of the same matrix (a view).
+With the N images stacked vertically into one tall image, each kernel row is one GEMM over the whole batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..backend import as_strided, get_xp
+
+
+class Conv2dRowShiftCache(NamedTuple):
+    """What :func:`conv2d_backward_rowshift` needs: the row-shifted input (G, Cg*kw, N*Hp*Wo), the weights,
+    whether there was a bias, the input's shape, padding and dilation ((h, w) pairs) and the groups."""
+    shifted: object
+    w: object
+    has_bias: bool
+    x_shape: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+
+def use_row_shifts(w_shape, stride, padding, dilation) -> bool:
+    """Stride 1, a kernel taller than one row, and padding that the flipped-kernel backward can mirror."""
+    _, _, kh, kw = w_shape
+    return (stride == (1, 1) and kh > 1 and padding[0] <= dilation[0] * (kh - 1)
+            and padding[1] <= dilation[1] * (kw - 1))
+
+
+def row_shifts(x, kw, padding=(0, 0), dilation=(1, 1)):
+    """The stride-1 alternative to im2col: ``kw`` horizontally shifted copies of the padded batch,
+    with the N images stacked vertically into one tall image.
+
+    ``out[c, j, n, y, x] = x_pad[n, c, y, x + j*dw]`` for the ``Wo`` output columns, stored row-major as
+    (C*kw, N*Hp*Wo). Kernel row ``i`` then needs the same rows ``i*dh`` further down, which in row-major
+    order is the contiguous slice starting at ``i*dh*Wo``: the kh vertical taps cost no copy at all. Near
+    the bottom of each image that slice runs into the next image's (padding) rows; those outputs are the
+    ones :func:`conv2d_forward_rowshift` drops (a waste of dh*(kh-1) rows in Hp, 2 in 16 for 14x14 RoIs).
+
+    Returns:
+        (C*kw, N*Hp*Wo) with Hp the padded height.
+    """
+    xp = get_xp(x)
+    N, C, H, W = x.shape
+    (ph, pw), (_, dw) = padding, dilation
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    Wo = Wp - dw * (kw - 1)
+    out = xp.zeros((C, kw, N, Hp, Wo), dtype=x.dtype)
+    xc = x.transpose(1, 0, 2, 3)                                   # (C, N, H, W): channels outermost
+    for j in range(kw):
+        # columns of x that land in output columns [lo, hi) for horizontal tap j
+        lo, hi = max(0, pw - j * dw), min(Wo, W + pw - j * dw)
+        out[:, j, :, ph:ph + H, lo:hi] = xc[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
+    return out.reshape(C * kw, N * Hp * Wo)
+
+
+def _kernel_rows(w, G):
+    """(C_out, Cg, kh, kw) -> (kh, G, C_out/G, Cg*kw): the weights of each kernel row, matching row_shifts."""
+    c_out, cg, kh, kw = w.shape
+    return get_xp(w).ascontiguousarray(w.reshape(G, c_out // G, cg, kh, kw).transpose(3, 0, 1, 2, 4)
+                                       .reshape(kh, G, c_out // G, cg * kw))
+
+
+def conv2d_forward_rowshift(x, w, b, padding, dilation, groups):
+    """Stride-1 conv2d through :func:`row_shifts`; arguments as ``conv2d_forward`` (checked there), with
+    ``padding`` and ``dilation`` as (h, w) pairs that satisfy :func:`use_row_shifts`.
+
+    Returns:
+        out (N, C_out, Ho, Wo); a :class:`Conv2dRowShiftCache`.
+    """
+    xp = get_xp(x, w, b)
+    N, C, H, W = x.shape
+    c_out, cg, kh, kw = w.shape
+    G = groups
+    Hp = H + 2 * padding[0]
+    Ho = Hp - dilation[0] * (kh - 1)
+    Wo = W + 2 * padding[1] - dilation[1] * (kw - 1)
+    # The whole batch as one tall image: images stacked vertically, each with its padding rows, so each
+    # kernel row is a single GEMM over every image at once.
+    shifted = row_shifts(x, kw, padding, dilation).reshape(G, cg * kw, -1)      # (G, Cg*kw, N*Hp*Wo)
+    w_rows = _kernel_rows(w, G)                                                  # (kh, G, Co/G, Cg*kw)
+    L = ((N - 1) * Hp + Ho) * Wo            # the tall image's output rows, up to the last image's last
+    out = None
+    for i in range(kh):
+        # Kernel row i reads the rows i*dh further down: a contiguous slice (a view, no copy).
+        start = i * dilation[0] * Wo
+        part = xp.matmul(w_rows[i], shifted[..., start:start + L])               # (G, Co/G, L)
+        out = part if out is None else xp.add(out, part, out=out)
+    # Image n's output rows start at row n*Hp; the dh*(kh-1) rows after them straddle two images and are
+    # dropped. (One image needs no copy: its rows are the whole array.)
+    if N == 1:
+        out = out.reshape(1, c_out, Ho, Wo)
+    else:
+        item = out.itemsize
+        out = as_strided(out, (c_out, N, Ho, Wo), (L * item, Hp * Wo * item, Wo * item, item))
+        out = out.transpose(1, 0, 2, 3).copy()
+    if b is not None:
+        out += b.reshape(1, -1, 1, 1)
+    return out, Conv2dRowShiftCache(shifted, w, b is not None, tuple(x.shape), padding, dilation, G)
+
+
+def conv2d_backward_rowshift(dout, cache: Conv2dRowShiftCache):
+    """Gradients of :func:`conv2d_forward_rowshift`: ``(dx, dw, db)``.
+
+    ``dw``: each kernel row's GEMM again, against the same shifted rows. ``dx`` is itself a stride-1
+    convolution: of ``dout`` with the kernel flipped in space and transposed in channels, padded by
+    ``d(k-1) - p`` (each input pixel collects from every output it fed), so it takes this path too.
+    """
+    shifted, w, has_bias, x_shape, padding, dilation, G = cache
+    xp = get_xp(dout, w)
+    N, _, H, _ = x_shape
+    c_out, cg, kh, kw = w.shape
+    Ho, Wo = dout.shape[2], dout.shape[3]
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    Hp = H + 2 * padding[0]
+    L = ((N - 1) * Hp + Ho) * Wo
+    # dout laid out like the tall output: each image's Ho rows, then zero rows where outputs were dropped
+    if N == 1:
+        d_tall = dout.reshape(G, c_out // G, L)
+    else:
+        d_tall = xp.zeros((c_out, N, Hp, Wo), dtype=dout.dtype)
+        d_tall[:, :, :Ho] = dout.transpose(1, 0, 2, 3)
+        d_tall = d_tall.reshape(G, c_out // G, N * Hp * Wo)[..., :L]
+    rows = []
+    for i in range(kh):
+        start = i * dilation[0] * Wo
+        rows.append(xp.matmul(d_tall, shifted[..., start:start + L].swapaxes(-1, -2)))  # (G, Co/G, Cg*kw)
+    dw = xp.stack(rows).reshape(kh, G, c_out // G, cg, kw).transpose(1, 2, 3, 0, 4).reshape(w.shape)
+    w_flip = w[:, :, ::-1, ::-1].reshape(G, c_out // G, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+    w_flip = xp.ascontiguousarray(w_flip.reshape(G * cg, c_out // G, kh, kw))
+    pad = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])
+    dx, _ = conv2d_forward_rowshift(dout, w_flip, None, pad, dilation, G)
+    return dx, dw, db
