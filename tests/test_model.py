@@ -195,3 +195,23 @@ def test_config_refuses_unknown_choices_and_incompatible_options():
         configs.tiny(num_classes=3).replace(colour="red")
     cfg = configs.tiny(num_classes=3)
     assert MaskRCNNConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+@pytest.mark.parametrize("impl", ["numpy", "kernel"])
+def test_mask_targets_use_the_configured_roi_impl(impl, monkeypatch):
+    """The mask targets are RoIAligned GT masks: they must use the same RoIAlign implementation as the
+    features (``roi_impl``); the 'kernel' path once went unused for them."""
+    from minimaskrcnn.model import roi_heads
+    seen = []
+    original = roi_heads.project_masks_on_boxes
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("impl", "numpy"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(roi_heads, "project_masks_on_boxes", spy)
+    rng = np.random.default_rng(0)
+    im, t = scene(rng, 2)
+    model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64, roi_impl=impl))
+    model.forward_train([im], [t])
+    assert seen and set(seen) == {impl}

@@ -287,7 +287,7 @@ class RoIHeads(nn.Module):
             pool_cache, logits = None, self.mask_predictor(shared)
         # Mask targets: each positive RoI's GT mask, RoIAligned to the M x M grid of the logits (§3).
         M = logits.shape[-1]
-        mask_targets = xp.concatenate([project_masks_on_boxes(t["masks"], b, m, M)
+        mask_targets = xp.concatenate([project_masks_on_boxes(t["masks"], b, m, M, impl=self.impl)
                                        for (b, m, _), t in zip(pos, targets)]).astype(features[0].dtype)
         if self.mask_loss == "softmax":  # Table 2b: one multinomial over classes per pixel, target class or bg
             K = logits.shape[1]
