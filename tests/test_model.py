@@ -175,6 +175,10 @@ def test_train_step_and_predict_on_empty_single_and_crowded_images(counts, archi
     (lambda im, t: ([im], [{**t, "boxes": np.array([[5, np.nan, 9, 9]], np.float32)}]), "NaN"),
     (lambda im, t: ([im], [{**t, "labels": np.array([3])}]), "must lie in"),
     (lambda im, t: ([im], [{**t, "masks": t["masks"][:, :10]}]), "masks"),
+    (lambda im, t: ([im], [{**t, "masks": t["masks"] * np.float32(0.99)}]), r"targets\[0\]\['masks'\].*0\.99"),
+    (lambda im, t: ([im], [{**t, "masks": t["masks"].astype(np.int64) * 256}]), r"targets\[0\]\['masks'\].*256"),
+    (lambda im, t: ([im], [{**t, "masks": t["masks"].astype(np.float64) * np.nan}]), r"\['masks'\].*nan"),
+    (lambda im, t: ([im], [{**t, "masks": t["masks"].astype(str)}]), r"\['masks'\] must be bool"),
 ])
 def test_bad_training_input_is_named(bad, message):
     rng = np.random.default_rng(0)
@@ -215,3 +219,15 @@ def test_mask_targets_use_the_configured_roi_impl(impl, monkeypatch):
     model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64, roi_impl=impl))
     model.forward_train([im], [t])
     assert seen and set(seen) == {impl}
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int64, np.float32, np.float64])
+def test_binary_masks_of_any_dtype_train_alike(dtype):
+    """0/1 masks as bool, integers or floats are the same targets: the same losses."""
+    rng = np.random.default_rng(0)
+    im, t = scene(rng, 2)
+    losses = []
+    for masks in (t["masks"], t["masks"].astype(dtype)):
+        model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64))
+        losses.append(model.forward_train([im], [{**t, "masks": masks}]))
+    assert losses[0] == losses[1]

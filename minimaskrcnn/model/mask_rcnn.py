@@ -201,7 +201,7 @@ def check_images(images):
 
 
 def check_targets(targets, sizes, num_classes):
-    """Boxes (G, 4) with x2 > x1, y2 > y1 and finite; labels in 1..num_classes-1; masks (G, H, W)."""
+    """Boxes (G, 4) with x2 > x1, y2 > y1 and finite; labels in 1..num_classes-1; masks (G, H, W) of 0/1."""
     if len(targets) != len(sizes):
         raise ValueError(f"got {len(targets)} targets for {len(sizes)} images")
     for i, (t, (h, w)) in enumerate(zip(targets, sizes)):
@@ -228,4 +228,19 @@ def check_targets(targets, sizes, num_classes):
         if m.shape != (g, h, w):
             raise ValueError(f"targets[{i}]['masks'] must have shape {(g, h, w)} (one mask per box, image size), "
                              f"got {m.shape}")
+        check_binary_masks(m, f"targets[{i}]['masks']")
+
+
+def check_binary_masks(masks, name):
+    """Masks must be bool, or integers / floats that are all 0 or 1 (they are stored as uint8, so 0.99 or
+    256 would silently become 0): a ValueError naming ``name`` and a few of the bad values otherwise."""
+    if masks.dtype == bool:
+        return
+    if not (np.issubdtype(masks.dtype, np.integer) or np.issubdtype(masks.dtype, np.floating)):
+        raise ValueError(f"{name} must be bool or 0/1 integers or floats, got dtype {masks.dtype}")
+    bad = masks[(masks != 0) & (masks != 1)]
+    if bad.size:
+        values = ", ".join(str(v) for v in np.unique(bad)[:5].tolist())
+        raise ValueError(f"{name} must hold only 0 and 1 (or be bool), got {bad.size} other values, e.g. {values}"
+                         " (threshold soft masks, e.g. masks >= 0.5, or divide 0/255 masks by 255)")
 
