@@ -231,3 +231,54 @@ def test_binary_masks_of_any_dtype_train_alike(dtype):
         model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64))
         losses.append(model.forward_train([im], [{**t, "masks": masks}]))
     assert losses[0] == losses[1]
+
+
+# ---- a parameter the backward pass does not reach is visible ---------------------------------------------------
+@pytest.mark.parametrize("architecture", ["fpn", "c4"])
+def test_a_broken_backward_path_leaves_grads_none_and_sgd_refuses(architecture):
+    """A mask predictor whose backward forgets its parameters must not look like a zero gradient."""
+    from minimaskrcnn.nn.optim import SGD
+    rng = np.random.default_rng(1)
+    model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64) if architecture == "fpn"
+                        else tiny_c4())
+    images, targets = (list(t) for t in zip(*[scene(rng, 2), scene(rng, 1)]))
+    predictor = model.roi_heads.mask_predictor
+    broken_input = []
+    original_forward = predictor.forward
+
+    def forward(x):
+        broken_input.append(x.shape)
+        return original_forward(x)
+
+    def backward(dout):    # the input's gradient, but nothing for conv5_mask / mask_fcn_logits
+        predictor.free_cache()
+        return np.zeros(broken_input.pop(), dout.dtype)
+
+    object.__setattr__(predictor, "forward", forward)
+    object.__setattr__(predictor, "backward", backward)
+    losses = model.forward_train(images, targets)
+    assert losses["loss_mask"] > 0
+    model.zero_grad()
+    model.backward()
+    missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
+    assert missing == sorted(n for n, _ in model.named_parameters() if n.startswith("roi_heads.mask_predictor."))
+    with pytest.raises(RuntimeError, match="roi_heads.mask_predictor.conv5_mask.weight.*no gradient"):
+        SGD(model.named_parameters(), lr=0.01).step()
+
+
+@pytest.mark.parametrize("architecture", ["fpn", "c4"])
+def test_no_positive_roi_gives_the_mask_branch_an_explicit_zero_gradient(architecture):
+    """Images without objects: L_mask = 0, the mask branch gets zeros (torchvision's ``mask_logits.sum() * 0``),
+    set by the RoI heads; every other parameter gets its gradient from its own loss."""
+    rng = np.random.default_rng(0)
+    model = build_model(configs.tiny(num_classes=3, min_size=64, max_size=64) if architecture == "fpn"
+                        else tiny_c4())
+    images, targets = (list(t) for t in zip(*[scene(rng, 0), scene(rng, 0)]))
+    assert model.forward_train(images, targets)["loss_mask"] == 0
+    model.zero_grad()
+    model.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None for g in grads.values())
+    mask_branch = [n for n in grads if n.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor."))]
+    assert mask_branch and all(not np.any(grads[n]) for n in mask_branch)
+    assert np.any(grads["roi_heads.box_predictor.cls_score.weight"])

@@ -120,17 +120,13 @@ class MaskRCNN(nn.Module):
 
     def backward(self):
         """Back-propagate the sum of the losses of the last :meth:`forward_train` into every parameter's
-        ``.grad`` (accumulating: call ``zero_grad()`` between steps)."""
+        ``.grad`` (accumulating: call ``zero_grad()`` between steps). A trainable parameter the backward pass
+        did not reach keeps ``grad = None`` (``SGD.step`` then refuses it by name): nothing fills it in."""
         n_levels = self.saved()
         d_roi = self.roi_heads.backward()                 # P2..P5 (the levels of roi_features)
         d_rpn = self.rpn.backward()                       # P2..P6
         grads = [d_rpn[k] + d_roi[k] if k < len(d_roi) else d_rpn[k] for k in range(n_levels)]
         self.backbone.backward(grads)
-        # A batch without foreground RoIs sends the mask branch no gradient: make that an explicit zero
-        # (as torchvision's ``mask_logits.sum() * 0``), so weight decay and momentum still apply to it.
-        for _, p in self.named_parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = get_xp(p.data).zeros_like(p.data)
 
     # ---- inference ---------------------------------------------------------------------------------------
     def predict(self, images, score_threshold: float | None = None, mask_threshold: float | None = 0.5):

@@ -325,10 +325,21 @@ class RoIHeads(nn.Module):
                 d_box_features[pos] += d_mask_features
             else:
                 d_mask = multiscale_roi_backward(self.mask_head.backward(d_mask_features), pool_cache)
+        elif self.has_mask:
+            self._zero_mask_branch_grads()
         d_feats = multiscale_roi_backward(self.box_head.backward(d_box_features), box_pool_cache)
         if d_mask is not None:
             d_feats = [a + b for a, b in zip(d_feats, d_mask)]
         return d_feats
+
+    def _zero_mask_branch_grads(self):
+        """No positive RoI in the batch: L_mask is the constant 0, so its gradient for the mask branch's
+        parameters is zero. Set explicitly (torchvision's ``mask_logits.sum() * 0``) so weight decay and
+        momentum treat them as every other parameter; there are no RoIs to run the branch backward on."""
+        branch = [self.mask_predictor] if self.shares_box_head else [self.mask_head, self.mask_predictor]
+        for module in branch:
+            for p in module.parameters():
+                p.accumulate(get_xp(p.data).zeros_like(p.data))
 
     # ---- inference -------------------------------------------------------------------------------------
     def predict(self, features, proposals, image_sizes):
