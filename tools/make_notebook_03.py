@@ -67,7 +67,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 
 from minimaskrcnn import config, nn
 from minimaskrcnn.data.shapes import draw_shapes_image
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import build_model
 from minimaskrcnn.model.rpn import RegionProposalNetwork, RPNHead, flatten_level, unflatten_level
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
@@ -364,7 +364,7 @@ the anchor size, not the head, tells the levels apart.
 
 code("""
 print(inspect.getsource(RPNHead.forward))
-model = MaskRCNN(cfg).eval()                          # random weights; eval mode keeps no caches
+model = build_model(cfg).eval()                          # random weights; eval mode keeps no caches
 target = {"boxes": gt_boxes, "labels": labels, "masks": masks.astype(np.uint8)}
 batch, sizes, _, targets = model.preprocess([image], [target])
 feats = model.backbone(batch)                          # [P2, ..., P6]

@@ -74,9 +74,9 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 
 from minimaskrcnn import config, nn
 from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
-from minimaskrcnn.model import MaskRCNN
-from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
-                                          TwoMLPHead, boxes_to_rois, infer_scales)
+from minimaskrcnn.model import build_model
+from minimaskrcnn.model.heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from minimaskrcnn.model.roi_heads import RoIHeads, boxes_to_rois, infer_scales
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
 from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,
                                     binary_cross_entropy_with_logits_forward, softmax_cross_entropy_backward,
@@ -107,7 +107,7 @@ gt_boxes = np.array([[x.min(), y.min(), x.max() + 1, y.max() + 1]
                      for y, x in (np.nonzero(m) for m in gt_masks)], dtype=np.float32)
 G = len(gt_labels)
 
-model = MaskRCNN(config.tiny(num_classes=4))
+model = build_model(config.tiny(num_classes=4))
 rh = model.roi_heads
 batch, sizes, _, targets = model.preprocess([image], [{"boxes": gt_boxes, "labels": gt_labels,
                                                        "masks": gt_masks}])
@@ -798,8 +798,8 @@ md("""
 1. **Class-agnostic masks.** The paper reports 29.7 AP for a single class-agnostic mask vs 30.3 for
    class-specific ones (ResNet-50-C4): nearly as good, because the mask head mostly learns "the object in
    this box". Build `MaskRCNNPredictor(64, 64, num_classes=1)` (or `config.tiny(4, class_agnostic_masks=True)`),
-   redo the fit of section 7 and compare the IoUs. Which lines of `RoIHeads._mask_loss` and `predict` handle
-   the single map?
+   redo the fit of section 7 and compare the IoUs. Which lines of `maskrcnn_loss_forward` and `mask_probs`
+   (`model/losses.py`) handle the single map?
 2. **Sampling.** Set `rh.sampler.positive_fraction = 0.5` and `RANDOM_PROPOSALS = 10`: how many negatives are
    left in the batch? What would that do to the classifier's background score at test time?
 3. **Normalisation.** Divide $L_{box}$ by the number of positives instead of all samples. By how much does

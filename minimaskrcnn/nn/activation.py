@@ -1,5 +1,6 @@
-"""ReLU, the only nonlinearity Mask R-CNN uses inside the network (after every hidden conv and fc layer), and
-the softmax that turns the classifier's logits into probabilities at inference."""
+"""ReLU, the only nonlinearity Mask R-CNN uses inside the network (after every hidden conv and fc layer); the
+sigmoid that turns objectness and mask logits into probabilities, and the softmax that does it for the
+classifier's logits. The losses (``nn/losses.py``) and every probability in the model use these two."""
 from __future__ import annotations
 
 from ..backend import get_xp
@@ -36,3 +37,12 @@ def softmax(x, axis: int = 1):
     xp = get_xp(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` elementwise, in ``x``'s dtype. Written with ``e = exp(-|x|)`` as ``1 / (1 + e)``
+    for ``x >= 0`` and ``e / (1 + e)`` for ``x < 0``, so no exponential overflows and very negative logits
+    keep their tiny probabilities instead of rounding 1 / (1 + inf) to 0 with a warning."""
+    xp = get_xp(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
