@@ -68,6 +68,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 from minimaskrcnn import config, nn
 from minimaskrcnn.data.shapes import draw_shapes_image
 from minimaskrcnn.model import build_model
+from minimaskrcnn.model.losses import rpn_loss_forward
 from minimaskrcnn.model.rpn import RegionProposalNetwork, RPNHead, flatten_level, unflatten_level
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
@@ -568,7 +569,7 @@ encoded relative to their anchors (section 2). Here is the library's loss:
 """)
 
 code("""
-print(inspect.getsource(RegionProposalNetwork.compute_loss))
+print(inspect.getsource(rpn_loss_forward))
 """)
 
 md("""
