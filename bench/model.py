@@ -53,14 +53,14 @@ def big_image(seed=0):
 # ---- ours ------------------------------------------------------------------------------------------------
 def ours(case, repeats):
     from minimaskrcnn import config
-    from minimaskrcnn.model import MaskRCNN
+    from minimaskrcnn.model import build_model
     from minimaskrcnn.nn import SGD
     from minimaskrcnn.testing import random_state_dict
 
     if case.endswith("_train"):
         cfg = (config.tiny(num_classes=4) if case == "tiny_train"
                else config.resnet18_fpn(num_classes=4, min_size=128, max_size=128))
-        model = MaskRCNN(cfg)
+        model = build_model(cfg)
         opt = SGD(model.named_parameters(), lr=0.001)
         images, targets = shapes_batch()
 
@@ -71,7 +71,7 @@ def ours(case, repeats):
             opt.step()
 
         return {"seconds_per_iter": median_time(step, repeats), "params": model.num_parameters()}
-    model = MaskRCNN(config.r50_fpn(num_classes=91)).eval()
+    model = build_model(config.r50_fpn(num_classes=91)).eval()
     model.load_state_dict(random_state_dict({k: v.shape for k, v in model.state_dict().items()}))
     image = big_image()
     dets = []

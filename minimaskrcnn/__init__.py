@@ -2,8 +2,8 @@
 
 Every layer has an explicit forward and backward pass; CuPy arrays run the same code on a GPU.
 
-    from minimaskrcnn import MaskRCNN, config
-    model = MaskRCNN(config.tiny(num_classes=4))
+    from minimaskrcnn import build_model, config
+    model = build_model(config.tiny(num_classes=4))    # a MaskRCNN(backbone, rpn, roi_heads, transform)
 """
 from . import config
 from .model import MaskRCNN, build_model

@@ -6,8 +6,8 @@ from test_c4 import tiny_c4
 from test_model import tiny_float64_model
 
 from minimaskrcnn import config as configs
-from minimaskrcnn.model import MaskRCNN, build_model
-from minimaskrcnn.model.roi_heads import MaskMLPHead, MaskMLPPredictor
+from minimaskrcnn.model import build_model
+from minimaskrcnn.model.heads import MaskMLPHead, MaskMLPPredictor
 from minimaskrcnn.nn.gradcheck import check_directional, numerical_gradient, rel_error
 from minimaskrcnn.testing import fixed_proposals, fixed_sample_losses
 from minimaskrcnn.testing import synthetic_scene as scene
@@ -47,7 +47,7 @@ def test_mlp_mask_head_shapes_names_and_gradient(rng):
 
 
 def test_mlp_config_builds_the_paper_layers():
-    model = MaskRCNN(configs.r50_fpn(81, mask_head="mlp", depth=18))   # (the head does not depend on depth)
+    model = build_model(configs.r50_fpn(81, mask_head="mlp", depth=18))   # (the head does not depend on depth)
     shapes = {n: p.shape for n, p in model.named_parameters() if n.startswith("roi_heads.mask_")}
     # fc: (256 x 14 x 14) -> 1024 -> 1024 -> 80 x 28^2 (Table 2e, with the background class: 81)
     assert shapes == {"roi_heads.mask_head.fc1.weight": (1024, 256 * 14 * 14), "roi_heads.mask_head.fc1.bias": (1024,),
@@ -55,7 +55,7 @@ def test_mlp_config_builds_the_paper_layers():
                       "roi_heads.mask_predictor.mask_fc_logits.weight": (81 * 28 * 28, 1024),
                       "roi_heads.mask_predictor.mask_fc_logits.bias": (81 * 28 * 28,)}
     with pytest.raises(ValueError, match="mask_head"):
-        MaskRCNN(configs.tiny(3, mask_head="mlpp"))
+        build_model(configs.tiny(3, mask_head="mlpp"))
 
 
 # ---- the mask branch variants' gradients through the whole model -------------------------------------------------

@@ -5,7 +5,7 @@ import pytest
 
 from minimaskrcnn import config as configs
 from minimaskrcnn.model import build_model
-from minimaskrcnn.model.mask_rcnn_c4 import MaskRCNNC4
+from minimaskrcnn.model.mask_rcnn_c4 import ResNetC4Backbone, build_maskrcnn_c4
 from minimaskrcnn.nn.gradcheck import check_directional, rel_error
 from minimaskrcnn.testing import fixed_proposals, fixed_sample_losses, prepare_for_gradient_check
 from minimaskrcnn.testing import synthetic_scene as scene
@@ -33,7 +33,7 @@ def bottleneck_stage_weights(in_ch, planes, blocks):
 
 def test_r50_c4_parameter_layout_and_count():
     model = build_model(configs.r50_c4(81))
-    assert isinstance(model, MaskRCNNC4)
+    assert isinstance(model.backbone, ResNetC4Backbone) and model.roi_heads.featmap_levels == (0,)
     stem = 3 * 64 * 7 * 7
     res2, res3 = bottleneck_stage_weights(64, 64, 3), bottleneck_stage_weights(256, 128, 4)
     res4, res5 = bottleneck_stage_weights(512, 256, 6), bottleneck_stage_weights(1024, 512, 3)
@@ -91,7 +91,7 @@ def test_shapes_end_to_end(rng):
 ])
 def test_bad_c4_config_is_named(bad, message):
     with pytest.raises(ValueError, match=message):
-        MaskRCNNC4(tiny_c4(**bad))
+        build_maskrcnn_c4(tiny_c4(**bad))
 
 
 # ---- the shared res5 and the whole model's gradient ---------------------------------------------------------

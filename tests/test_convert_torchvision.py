@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minimaskrcnn import config as configs
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import build_model
 from minimaskrcnn.testing import random_state_dict
 
 TOOL = pathlib.Path(__file__).resolve().parents[1] / "tools" / "convert_torchvision.py"
@@ -23,7 +23,7 @@ def tool():
 
 # ---- the conversion's checks (no torch needed) ---------------------------------------------------------------
 def tiny_model(norm="bn"):
-    return MaskRCNN(configs.tiny(3, norm=norm))
+    return build_model(configs.tiny(3, norm=norm))
 
 
 def test_a_fitting_state_is_cast_and_loads_strictly(tool):
@@ -88,7 +88,7 @@ def test_torchvision_r50_fpn_converts_and_matches(tool, tmp_path):
     config = configs.r50_fpn(91, min_size=200, max_size=300)
     arrays = tool.convert(pth, npz, config)
     assert len(arrays) == len(shapes)
-    ours = MaskRCNN(config).load_state_dict(str(npz)).eval()
+    ours = build_model(config).load_state_dict(str(npz)).eval()
 
     image = np.random.default_rng(1).integers(0, 256, (200, 300, 3), dtype=np.uint8)
     mine = ours.predict([image], mask_threshold=None)[0]
@@ -107,7 +107,7 @@ def test_torchvision_r50_fpn_converts_and_matches(tool, tmp_path):
     batch, sizes, _, _ = ours.preprocess([image])
     feats = ours.backbone(batch)
     proposals, _ = ours.rpn(feats, sizes, batch.shape[-2:])
-    (dets,) = ours.roi_heads.predict(ours.roi_features(feats), proposals, sizes)
+    (dets,) = ours.roi_heads.predict(feats, proposals, sizes)
     np.testing.assert_allclose(dets["mask_probs"], ref_probs, rtol=0, atol=5e-4)
     # Pasted into the image, the same: except where a box that agrees to round-off is cut to whole pixels
     # on the other side of an integer (the paste truncates the grown box), which shifts that mask a pixel.

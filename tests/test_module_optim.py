@@ -202,3 +202,15 @@ def test_modules_check_their_arguments_when_built():
     lin = nn.Linear(2, 2)  # float32
     with pytest.raises(ValueError, match="float64"):
         check_directional(lambda: 0.0, {"w": lin.weight.data}, {"w": lin.weight.data})
+
+
+def test_sgd_refuses_a_parameter_without_gradient(rng):
+    """A trainable parameter that backward did not reach is a bug, never a silent skip; frozen ones are skipped."""
+    lin = nn.Linear(3, 2, dtype="float64")
+    lin.weight.grad = rng.standard_normal(lin.weight.shape)
+    with pytest.raises(RuntimeError, match="'bias' has no gradient"):
+        nn.SGD(lin.named_parameters(), lr=0.1).step()
+    lin.bias.requires_grad = False
+    w = lin.weight.data.copy()
+    nn.SGD(lin.named_parameters(), lr=0.1, momentum=0, weight_decay=0).step()
+    np.testing.assert_allclose(lin.weight.data, w - 0.1 * lin.weight.grad)

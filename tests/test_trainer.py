@@ -10,7 +10,7 @@ from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import make_shapes_dataset
 from minimaskrcnn.data.transforms import DataLoader
 from minimaskrcnn.engine.trainer import Trainer, TrainingDiverged
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import build_model
 from minimaskrcnn.nn import load_npz
 
 
@@ -28,7 +28,7 @@ def small_config(**kw):
 
 def make_trainer(root, out, iters, checkpoint_every=2):
     ds = CocoDataset(root, "train")
-    model = MaskRCNN(small_config())
+    model = build_model(small_config())
     loader = DataLoader(ds, 2, seed=0)
     return Trainer(model, loader, out, max_iters=iters, checkpoint_every=checkpoint_every, progress=False)
 

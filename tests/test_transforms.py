@@ -1,19 +1,12 @@
-"""Transforms vs torchvision's GeneralizedRCNNTransform (committed fixtures); flips, padding, batching."""
+"""The model's input transform vs torchvision's GeneralizedRCNNTransform (committed fixtures), padding,
+batching; the loader's flips and batches."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from minimaskrcnn.data.transforms import (
-    BatchSampler,
-    DataLoader,
-    hflip,
-    postprocess_boxes,
-    preprocess_batch,
-    random_hflip,
-    resize_target,
-    resized_size,
-)
+from minimaskrcnn.data.transforms import BatchSampler, DataLoader, hflip, random_hflip
+from minimaskrcnn.model.transform import postprocess_boxes, preprocess_batch, resize_target, resized_size
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transforms.npz"
 

@@ -4,7 +4,7 @@
     python tools/convert_torchvision.py maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth r50_fpn_coco.npz --check
     python -m minimaskrcnn predict --checkpoint r50_fpn_coco.npz --config r50_fpn --num-classes 91 image.jpg
 
-Our ``MaskRCNN(config.r50_fpn(91))`` uses torchvision's parameter names and shapes (``backbone.body.*``,
+Our ``build_model(config.r50_fpn(91))`` uses torchvision's parameter names and shapes (``backbone.body.*``,
 ``backbone.fpn.*``, ``rpn.head.*``, ``roi_heads.*``; see tests/test_model.py), so converting is a check
 and a copy: every key of our model must be in the checkpoint with the same shape, and every key of the
 checkpoint must be used. Anything that does not fit stops the conversion with the full list (nothing is

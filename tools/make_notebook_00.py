@@ -66,8 +66,9 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import (draw_shapes_image, make_shapes_dataset, shape_mask,
                                       visible_masks)
-from minimaskrcnn.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, hflip, preprocess_batch,
-                                          resize_target, resized_size)
+from minimaskrcnn.data.transforms import hflip
+from minimaskrcnn.model.transform import (IMAGENET_MEAN, IMAGENET_STD, preprocess_batch, resize_target,
+                                          resized_size)
 from minimaskrcnn.engine.evaluator import evaluate_predictions
 from minimaskrcnn.viz.detections import class_color, draw_target, plot_pr_curves
 

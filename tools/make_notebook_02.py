@@ -64,10 +64,10 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 
 from minimaskrcnn import config, nn
 from minimaskrcnn.data.shapes import draw_shapes_image
-from minimaskrcnn.data.transforms import preprocess_batch
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import build_model
 from minimaskrcnn.model.fpn import BackboneWithFPN, FeaturePyramidNetwork
 from minimaskrcnn.model.resnet import BasicBlock, Bottleneck, ResNet
+from minimaskrcnn.model.transform import preprocess_batch
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
 from minimaskrcnn.nn.resample import upsample_nearest_backward, upsample_nearest_forward
@@ -488,7 +488,7 @@ training, their channels become detectors of whole objects (notebook 03 trains t
 
 code("""
 nn.init.manual_seed(SEED)
-tiny_model = MaskRCNN(tiny_cfg).eval()
+tiny_model = build_model(tiny_cfg).eval()
 levels = tiny_model.backbone(x)
 n_show = 6
 fig, axes = plt.subplots(len(levels), n_show + 2, figsize=(1.3 * (n_show + 2), 1.35 * len(levels)))
@@ -611,7 +611,7 @@ torchvision's too: **44,401,393**.
 """)
 
 code("""
-model = MaskRCNN(config.r50_fpn(num_classes=91))
+model = build_model(config.r50_fpn(num_classes=91))
 body = model.backbone.body
 parts = [("stem (conv1)", body.conv1), ("layer1 -> C2", body.layer1), ("layer2 -> C3", body.layer2),
          ("layer3 -> C4", body.layer3), ("layer4 -> C5", body.layer4), ("FPN", model.backbone.fpn),

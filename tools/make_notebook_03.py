@@ -74,7 +74,8 @@ from minimaskrcnn import config, nn
 from minimaskrcnn.engine.checkpoint import load_checkpoint_model
 from minimaskrcnn.engine.run import DEFAULT_OUT
 from minimaskrcnn.data.shapes import draw_shapes_image
-from minimaskrcnn.model import MaskRCNN
+from minimaskrcnn.model import build_model
+from minimaskrcnn.model.losses import rpn_loss_forward
 from minimaskrcnn.model.rpn import RegionProposalNetwork, RPNHead, flatten_level, unflatten_level
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
@@ -371,7 +372,7 @@ the anchor size, not the head, tells the levels apart.
 
 code("""
 print(inspect.getsource(RPNHead.forward))
-model = MaskRCNN(cfg).eval()                          # random weights; eval mode keeps no caches
+model = build_model(cfg).eval()                          # random weights; eval mode keeps no caches
 target = {"boxes": gt_boxes, "labels": labels, "masks": masks.astype(np.uint8)}
 batch, sizes, _, targets = model.preprocess([image], [target])
 feats = model.backbone(batch)                          # [P2, ..., P6]
@@ -575,7 +576,7 @@ encoded relative to their anchors (section 2). Here is the library's loss:
 """)
 
 code("""
-print(inspect.getsource(RegionProposalNetwork.compute_loss))
+print(inspect.getsource(rpn_loss_forward))
 """)
 
 md("""

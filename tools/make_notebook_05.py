@@ -86,9 +86,9 @@ from minimaskrcnn import config, nn
 from minimaskrcnn.engine.checkpoint import load_checkpoint_model
 from minimaskrcnn.engine.run import DEFAULT_OUT
 from minimaskrcnn.data.shapes import draw_shapes_image, shape_mask
-from minimaskrcnn.model import MaskRCNN, build_model
-from minimaskrcnn.model.roi_heads import (FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
-                                          TwoMLPHead, boxes_to_rois, infer_scales)
+from minimaskrcnn.model import build_model
+from minimaskrcnn.model.heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from minimaskrcnn.model.roi_heads import RoIHeads, boxes_to_rois, infer_scales
 from minimaskrcnn.nn.gradcheck import check_directional, check_gradient
 from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,
                                     binary_cross_entropy_with_logits_forward, softmax_cross_entropy_backward,
@@ -121,7 +121,7 @@ gt_boxes = np.array([[x.min(), y.min(), x.max() + 1, y.max() + 1]
                      for y, x in (np.nonzero(m) for m in gt_masks)], dtype=np.float32)
 G = len(gt_labels)
 
-model = MaskRCNN(config.tiny(num_classes=4))
+model = build_model(config.tiny(num_classes=4))
 rh = model.roi_heads
 batch, sizes, _, targets = model.preprocess([image], [{"boxes": gt_boxes, "labels": gt_labels,
                                                        "masks": gt_masks}])
@@ -1012,8 +1012,8 @@ md(f"""
    this box". Build `MaskRCNNPredictor({TINY.mask_layers[-1]}, {TINY.mask_dim_reduced}, num_classes=1)` (the
    width of `tiny`'s mask head), use it in place of `rh.mask_predictor` in the fit of section 7 (and in its
    optimizer), read map 0 instead of map `fit_labels`, and compare the IoUs. A whole model that does this is
-   `build_model(config.tiny(4, class_agnostic_masks=True))`: which lines of `RoIHeads` handle its single map,
-   in the loss and in `predict`?
+   `build_model(config.tiny(4, class_agnostic_masks=True))`: which lines of `maskrcnn_loss_forward` and
+   `mask_probs` (`model/losses.py`) handle its single map?
 2. **Sampling.** Set `rh.sampler.positive_fraction = 0.5` and `RANDOM_PROPOSALS = 10`: how many negatives are
    left in the batch? What would that do to the classifier's background score at test time?
 3. **Normalisation.** Divide $L_{{box}}$ by the number of positives instead of all samples. By how much does

@@ -85,7 +85,7 @@ if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout withou
 from minimaskrcnn import config
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.shapes import ensure_shapes_dataset
-from minimaskrcnn.data.transforms import DataLoader, postprocess_boxes
+from minimaskrcnn.data.transforms import DataLoader
 from minimaskrcnn.engine.analysis import ERROR_KINDS, error_breakdown
 from minimaskrcnn.engine.checkpoint import load_checkpoint_model
 from minimaskrcnn.engine.evaluator import CocoEvaluator
@@ -94,6 +94,7 @@ from minimaskrcnn.engine.run import DEFAULT_DATA, DEFAULT_OUT
 from minimaskrcnn.engine.trainer import Trainer
 from minimaskrcnn.model import build_model
 from minimaskrcnn.model.roi_heads import boxes_to_rois, infer_scales
+from minimaskrcnn.model.transform import postprocess_boxes
 from minimaskrcnn.ops.boxes import batched_nms, clip_boxes_to_image, remove_small_boxes
 from minimaskrcnn.ops.masks import paste_masks_in_image
 from minimaskrcnn.viz.detections import class_color, draw_instances, plot_pr_curves
@@ -164,7 +165,7 @@ print(f"image {big.shape} -> network input {batch.shape} (resized to {sizes[0]},
 
 feats = model.backbone(batch)                                       # P2..P6
 proposals, _ = model.rpn(feats, sizes, batch.shape[-2:])           # list: one (P, 4) array per image
-features = model.roi_features(feats)                                # P2..P5 for the RoI heads
+features = rh.pooled_levels(feats)                                 # P2..P5 for the RoI heads
 scales = infer_scales(features, sizes)
 P = len(proposals[0])
 print("FPN levels:", [f.shape for f in feats])

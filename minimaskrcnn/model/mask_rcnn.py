@@ -1,68 +1,61 @@
-"""Mask R-CNN assembled (paper §3, Fig. 4): image -> backbone -> FPN -> RPN -> RoI heads -> losses, and the
-same road back for the gradients.
+"""Mask R-CNN assembled (paper §3, Fig. 4): image -> transform -> backbone -> FPN -> RPN -> RoI heads -> losses,
+and the same road back for the gradients.
 
-    model = MaskRCNN(config.tiny(num_classes=4))
+    model = build_model(config.tiny(num_classes=4))   # MaskRCNN(backbone, rpn, roi_heads, transform)
     losses = model.forward_train(images, targets)    # dict of floats
     model.backward()                                 # fills every Parameter.grad
     detections = model.predict(images)               # boxes, labels, scores, masks per image
 
 ``images`` are lists of (H, W, 3) uint8 RGB arrays; boxes and masks, in and out, are in those images'
-pixel coordinates. Pre-processing (resize, normalise, pad to a multiple of 32) is torchvision's.
+pixel coordinates. Pre-processing (resize, normalise, pad to a multiple of 32) is torchvision's
+(``model/transform.py``). :func:`build_maskrcnn_fpn` builds the parts a config describes; the C4 variant's
+parts are built in ``model/mask_rcnn_c4.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import nn
-from ..backend import get_xp, to_device, to_numpy
+from ..backend import get_xp, to_device
 from ..config import MaskRCNNConfig
-from ..data.transforms import postprocess_boxes, preprocess_batch, resize_targets
 from ..ops.anchors import AnchorGenerator
-from ..ops.masks import paste_masks_in_image
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork
+from .heads import FastRCNNPredictor, MaskMLPHead, MaskMLPPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
 from .resnet import ResNet
-from .roi_heads import (FastRCNNPredictor, MaskMLPHead, MaskMLPPredictor, MaskRCNNHeads, MaskRCNNPredictor, RoIHeads,
-                        TwoMLPHead)
+from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
+from .transform import GeneralizedRCNNTransform, check_images, check_targets
 
 
 class MaskRCNN(nn.Module):
-    """The whole model. Sub-modules (names as torchvision's ``maskrcnn_resnet50_fpn``):
-    ``backbone`` (``body`` + ``fpn``), ``rpn`` (``head``), ``roi_heads`` (``box_head``, ``box_predictor``,
-    ``mask_head``, ``mask_predictor``). Each runs on its own, e.g. ``model.backbone(batch)``."""
+    """The whole model, from its parts (torchvision's ``GeneralizedRCNN``). Sub-modules, with the names of
+    torchvision's ``maskrcnn_resnet50_fpn``: ``transform``, ``backbone`` (``body`` + ``fpn``; C4: ``body``),
+    ``rpn`` (``head``), ``roi_heads`` (``box_head``, ``box_predictor``, ``mask_head``, ``mask_predictor``).
+    Each runs on its own, e.g. ``model.backbone(batch)``.
 
-    def __init__(self, config: MaskRCNNConfig):
+    Args:
+        backbone: images (N, 3, H, W) -> list of feature maps, finest first, with ``backward(grads)``.
+        rpn: a :class:`~minimaskrcnn.model.rpn.RegionProposalNetwork` over all of those maps.
+        roi_heads: a :class:`~minimaskrcnn.model.roi_heads.RoIHeads`; it pools the maps its
+            ``featmap_levels`` name.
+        transform: a :class:`~minimaskrcnn.model.transform.GeneralizedRCNNTransform`.
+        config: the config the parts were built from (kept with checkpoints), or None.
+    """
+
+    def __init__(self, backbone, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
+                 transform: GeneralizedRCNNTransform, config: MaskRCNNConfig | None = None):
         super().__init__()
-        if config.architecture != "fpn":
-            raise ValueError(f"MaskRCNN: architecture {config.architecture!r} is not built by this class")
-        c = config
-        self.config = c
-        dt = c.dtype
-        nn.init.manual_seed(c.seed)
-        body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels,
-                      frozen_stages=c.frozen_stages, dtype=dt)
-        self.backbone = BackboneWithFPN(body, FeaturePyramidNetwork(body.out_channels, c.fpn_channels,
-                                                                    norm=c.fpn_norm, dtype=dt))
-        self.rpn = build_rpn(c, c.fpn_channels)
-        box_head = TwoMLPHead(c.fpn_channels * c.box_pool_size ** 2, c.representation_size, dtype=dt)
-        box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes, dtype=dt)
-        mask_classes = 1 if c.class_agnostic_masks else c.num_classes
-        if c.mask_head == "fcn":
-            mask_head = MaskRCNNHeads(c.fpn_channels, c.mask_layers, dtype=dt)
-            mask_predictor = MaskRCNNPredictor(mask_head.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
-        elif c.mask_head == "mlp":  # Table 2e: fc 1024 -> fc 1024 -> K x 28 x 28 on the flattened 14x14 RoI
-            mask_head = MaskMLPHead(c.fpn_channels * c.mask_pool_size ** 2, (c.representation_size,) * 2, dtype=dt)
-            mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
-        else:
-            raise ValueError(f"mask_head must be 'fcn' or 'mlp', got {c.mask_head!r}")
-        self.roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
-                                         mask_resolution=2 * c.mask_pool_size)
-        self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
+        self.transform = transform
+        self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
+        self.config = config
+        # the samplers' random draws (saved with checkpoints)
+        self.rng = np.random.default_rng(config.seed if config is not None else 0)
         self.device = "cpu"
 
-    def roi_features(self, feats):
-        """The feature maps the RoI heads pool from: P2..P5 (P6 only serves the RPN's 512 px anchors)."""
-        return feats[:-1]
+    @property
+    def num_classes(self) -> int:
+        """K + 1: the classes of the box classifier, background (0) included."""
+        return int(self.roi_heads.box_predictor.cls_score.weight.shape[0])
 
     # ---- devices -----------------------------------------------------------------------------------------
     def to(self, device: str) -> "MaskRCNN":
@@ -72,28 +65,23 @@ class MaskRCNN(nn.Module):
 
     # ---- pre-processing ------------------------------------------------------------------------------------
     def preprocess(self, images, targets=None):
-        """Resize, normalise, pad and batch; resize the targets alike. Returns
+        """Check the inputs, then resize, normalise, pad and batch; resize the targets alike. Returns
         ``(batch (N, 3, H, W), image_sizes, original_sizes, targets)`` on the model's device."""
         check_images(images)
-        c = self.config
-        batch, sizes, originals = preprocess_batch(images, c.min_size, c.max_size, c.image_mean, c.image_std,
-                                                   c.size_divisible)
-        batch = batch.astype(c.dtype, copy=False)
         if targets is not None:
-            check_targets(targets, originals, c.num_classes)
-            targets = resize_targets(targets, originals, sizes)
-            targets = [{"boxes": to_device(np.asarray(t["boxes"], c.dtype), self.device),
-                        "labels": to_device(np.asarray(t["labels"], np.int64), self.device),
-                        "masks": to_device(np.asarray(t["masks"], np.uint8), self.device)} for t in targets]
+            check_targets(targets, [im.shape[:2] for im in images], self.num_classes)
+        batch, sizes, originals, targets = self.transform(images, targets)
+        if targets is not None:
+            targets = [{k: to_device(v, self.device) for k, v in t.items()} for t in targets]
         return to_device(batch, self.device), sizes, originals, targets
 
     # ---- training ----------------------------------------------------------------------------------------
     def forward_train(self, images, targets, proposals=None):
-        """The four-part loss of one batch (paper §3: ``L = L_cls + L_box + L_mask``, plus the RPN's two).
+        """The five losses of one batch: the paper's ``L = L_cls + L_box + L_mask`` (§3) and the RPN's two.
 
         Args:
             images: list of (H, W, 3) uint8 RGB arrays.
-            targets: per image {'boxes': (G, 4) xyxy pixels, 'labels': (G,) in 1..K, 'masks': (G, H, W)}.
+            targets: per image {'boxes': (G, 4) xyxy pixels, 'labels': (G,) in 1..K, 'masks': (G, H, W) 0/1}.
             proposals: optional per-image proposals (in the resized image's pixels) to use instead of the
                 RPN's; the RPN losses are still computed. Used by the gradient checks, where the discrete
                 top-k/NMS must not move under tiny weight changes.
@@ -104,14 +92,13 @@ class MaskRCNN(nn.Module):
             raise RuntimeError("forward_train needs training mode: call model.train() first")
         self.free_cache()
         batch, sizes, _, targets = self.preprocess(images, targets)
-        feats = self.backbone(batch)
-        rpn_proposals, rpn_losses = self.rpn(feats, sizes, batch.shape[-2:], targets, self.rng)
+        features = self.backbone(batch)
+        rpn_proposals, rpn_losses = self.rpn(features, sizes, batch.shape[-2:], targets, self.rng)
         if proposals is not None:
             xp = get_xp(batch)
             rpn_proposals = [xp.asarray(p, dtype=batch.dtype) for p in proposals]
         self.last_proposals = rpn_proposals
-        roi_losses = self.roi_heads.forward_train(self.roi_features(feats), rpn_proposals, sizes, targets, self.rng)
-        self.save_for_backward(len(feats))
+        roi_losses = self.roi_heads.forward_train(features, rpn_proposals, sizes, targets, self.rng)
         losses = {**rpn_losses, **roi_losses}
         for name, value in losses.items():
             if not np.isfinite(value):
@@ -120,17 +107,11 @@ class MaskRCNN(nn.Module):
 
     def backward(self):
         """Back-propagate the sum of the losses of the last :meth:`forward_train` into every parameter's
-        ``.grad`` (accumulating: call ``zero_grad()`` between steps)."""
-        n_levels = self.saved()
-        d_roi = self.roi_heads.backward()                 # P2..P5 (the levels of roi_features)
-        d_rpn = self.rpn.backward()                       # P2..P6
-        grads = [d_rpn[k] + d_roi[k] if k < len(d_roi) else d_rpn[k] for k in range(n_levels)]
-        self.backbone.backward(grads)
-        # A batch without foreground RoIs sends the mask branch no gradient: make that an explicit zero
-        # (as torchvision's ``mask_logits.sum() * 0``), so weight decay and momentum still apply to it.
-        for _, p in self.named_parameters():
-            if p.requires_grad and p.grad is None:
-                p.grad = get_xp(p.data).zeros_like(p.data)
+        ``.grad`` (accumulating: call ``zero_grad()`` between steps). A trainable parameter the backward pass
+        did not reach keeps ``grad = None`` (``SGD.step`` then refuses it by name): nothing fills it in."""
+        d_roi = self.roi_heads.backward()                 # one per feature map; None where not pooled (P6)
+        d_rpn = self.rpn.backward()                       # one per feature map
+        self.backbone.backward([r if d is None else r + d for r, d in zip(d_rpn, d_roi, strict=True)])
 
     # ---- inference ---------------------------------------------------------------------------------------
     def predict(self, images, score_threshold: float | None = None, mask_threshold: float | None = 0.5):
@@ -141,25 +122,22 @@ class MaskRCNN(nn.Module):
         self.eval()
         try:
             batch, sizes, originals, _ = self.preprocess(images)
-            feats = self.backbone(batch)
-            proposals, _ = self.rpn(feats, sizes, batch.shape[-2:])
-            dets = self.roi_heads.predict(self.roi_features(feats), proposals, sizes)
+            features = self.backbone(batch)
+            proposals, _ = self.rpn(features, sizes, batch.shape[-2:])
+            detections = self.roi_heads.predict(features, proposals, sizes)
         finally:
             self.train(was_training)
-        out = []
-        for d, size, orig in zip(dets, sizes, originals):
-            boxes = postprocess_boxes(to_numpy(d["boxes"]), size, orig)
-            r = {"boxes": boxes, "labels": to_numpy(d["labels"]).astype(np.int64),
-                 "scores": to_numpy(d["scores"]).astype(np.float32)}
-            if "mask_probs" in d:
-                # soft probabilities, or binarised while pasting (``prob > threshold``; the paper's 0.5)
-                r["masks"] = paste_masks_in_image(to_numpy(d["mask_probs"]).astype(np.float32), boxes, orig,
-                                                  threshold=mask_threshold)
-            if score_threshold is not None:
+        out = self.transform.postprocess(detections, sizes, originals, mask_threshold)
+        if score_threshold is not None:
+            for i, r in enumerate(out):
                 keep = r["scores"] >= score_threshold
-                r = {k: v[keep] for k, v in r.items()}
-            out.append(r)
+                out[i] = {k: v[keep] for k, v in r.items()}
         return out
+
+
+# ---- builders: the parts a config describes -----------------------------------------------------------------
+def build_transform(c: MaskRCNNConfig) -> GeneralizedRCNNTransform:
+    return GeneralizedRCNNTransform(c.min_size, c.max_size, c.image_mean, c.image_std, c.size_divisible, c.dtype)
 
 
 def build_rpn(c: MaskRCNNConfig, in_channels: int) -> RegionProposalNetwork:
@@ -173,59 +151,44 @@ def build_rpn(c: MaskRCNNConfig, in_channels: int) -> RegionProposalNetwork:
         c.rpn_score_thresh)
 
 
-def build_roi_heads(c: MaskRCNNConfig, box_head, box_predictor, mask_head, mask_predictor,
-                    mask_resolution: int) -> RoIHeads:
-    """The RoI heads a config describes around the given branches: RoI pooling (op, mode, sizes), box
-    sampling, the test-time thresholds and the mask loss. ``mask_head`` None: the mask branch reuses
-    ``box_head`` (C4's shared res5)."""
+def build_roi_heads(c: MaskRCNNConfig, box_head, box_predictor, mask_head, mask_predictor, mask_resolution: int,
+                    featmap_levels) -> RoIHeads:
+    """The RoI heads a config describes around the given branches: RoI pooling (op, mode, sizes, the feature
+    levels pooled), box sampling, the test-time thresholds and the mask loss. ``mask_head`` None: the mask
+    branch reuses ``box_head`` (C4's shared res5)."""
     return RoIHeads(
         box_head, box_predictor, mask_head, mask_predictor, c.box_pool_size, c.mask_pool_size, c.sampling_ratio,
         c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
         positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
-        detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=mask_resolution)
+        detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=mask_resolution,
+        featmap_levels=featmap_levels)
 
 
-def check_images(images):
-    """A list of (H, W, 3) uint8 RGB arrays, none of them empty; a clear ValueError otherwise."""
-    if not isinstance(images, (list, tuple)) or len(images) == 0:
-        raise ValueError("images must be a non-empty list of (H, W, 3) uint8 RGB arrays")
-    for i, im in enumerate(images):
-        if not isinstance(im, np.ndarray):
-            raise ValueError(f"images[{i}] must be a NumPy array, got {type(im).__name__}")
-        if im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"images[{i}] must have shape (H, W, 3), got {im.shape}")
-        if im.shape[0] == 0 or im.shape[1] == 0:
-            raise ValueError(f"images[{i}] is empty (shape {im.shape})")
-        if im.dtype != np.uint8:
-            raise ValueError(f"images[{i}] must be uint8 RGB (0..255), got dtype {im.dtype}")
-
-
-def check_targets(targets, sizes, num_classes):
-    """Boxes (G, 4) with x2 > x1, y2 > y1 and finite; labels in 1..num_classes-1; masks (G, H, W)."""
-    if len(targets) != len(sizes):
-        raise ValueError(f"got {len(targets)} targets for {len(sizes)} images")
-    for i, (t, (h, w)) in enumerate(zip(targets, sizes)):
-        missing = [k for k in ("boxes", "labels", "masks") if k not in t]
-        if missing:
-            raise ValueError(f"targets[{i}] lacks {', '.join(missing)}")
-        b = np.asarray(to_numpy(t["boxes"]), np.float64)
-        g = b.shape[0] if b.ndim == 2 else -1
-        if b.ndim != 2 or b.shape[1] != 4:
-            raise ValueError(f"targets[{i}]['boxes'] must have shape (G, 4), got {b.shape}")
-        if not np.all(np.isfinite(b)):
-            raise ValueError(f"targets[{i}]['boxes'] has NaN or infinite coordinates")
-        bad = np.nonzero((b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]))[0]
-        if bad.size:
-            raise ValueError(f"targets[{i}]['boxes'][{int(bad[0])}] = {b[bad[0]].tolist()} is degenerate "
-                             "(needs x2 > x1 and y2 > y1)")
-        lab = np.asarray(to_numpy(t["labels"]))
-        if lab.shape != (g,) or not np.issubdtype(lab.dtype, np.integer):
-            raise ValueError(f"targets[{i}]['labels'] must be ({g},) integers, got {lab.dtype} {lab.shape}")
-        if g and (lab.min() < 1 or lab.max() >= num_classes):
-            raise ValueError(f"targets[{i}]['labels'] must lie in 1..{num_classes - 1} (0 is background), "
-                             f"got {lab.min()}..{lab.max()}")
-        m = to_numpy(t["masks"])
-        if m.shape != (g, h, w):
-            raise ValueError(f"targets[{i}]['masks'] must have shape {(g, h, w)} (one mask per box, image size), "
-                             f"got {m.shape}")
-
+def build_maskrcnn_fpn(config: MaskRCNNConfig) -> MaskRCNN:
+    """Mask R-CNN with a ResNet-FPN backbone (Fig. 4 right): the RPN on P2..P6, the RoI heads on P2..P5.
+    Parts are built in a fixed order from ``config.seed``, so a config always gives the same weights."""
+    c = config
+    if c.architecture != "fpn":
+        raise ValueError(f"build_maskrcnn_fpn: architecture must be 'fpn', got {c.architecture!r}")
+    if c.mask_head not in ("fcn", "mlp"):
+        raise ValueError(f"mask_head must be 'fcn' or 'mlp', got {c.mask_head!r}")
+    dt = c.dtype
+    nn.init.manual_seed(c.seed)
+    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels,
+                  frozen_stages=c.frozen_stages, dtype=dt)
+    backbone = BackboneWithFPN(body, FeaturePyramidNetwork(body.out_channels, c.fpn_channels, norm=c.fpn_norm,
+                                                           dtype=dt))
+    rpn = build_rpn(c, c.fpn_channels)
+    box_head = TwoMLPHead(c.fpn_channels * c.box_pool_size ** 2, c.representation_size, dtype=dt)
+    box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes, dtype=dt)
+    mask_classes = 1 if c.class_agnostic_masks else c.num_classes
+    if c.mask_head == "fcn":
+        mask_head = MaskRCNNHeads(c.fpn_channels, c.mask_layers, dtype=dt)
+        mask_predictor = MaskRCNNPredictor(mask_head.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+    else:  # Table 2e: fc 1024 -> fc 1024 -> K x 28 x 28 on the flattened 14x14 RoI
+        mask_head = MaskMLPHead(c.fpn_channels * c.mask_pool_size ** 2, (c.representation_size,) * 2, dtype=dt)
+        mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
+    pooled = tuple(range(len(body.out_channels)))    # P2..P5: one per ResNet stage (P6 only serves the RPN)
+    roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
+                                mask_resolution=2 * c.mask_pool_size, featmap_levels=pooled)
+    return MaskRCNN(backbone, rpn, roi_heads, build_transform(c), config=c)

@@ -28,14 +28,12 @@ Parameter layout (names as torchvision's ResNet and Mask R-CNN):
 """
 from __future__ import annotations
 
-import numpy as np
-
 from .. import nn
 from ..backend import get_xp
 from ..config import MaskRCNNConfig
-from .mask_rcnn import MaskRCNN, build_roi_heads, build_rpn
+from .heads import FastRCNNPredictor, MaskRCNNPredictor
+from .mask_rcnn import MaskRCNN, build_roi_heads, build_rpn, build_transform
 from .resnet import BLOCKS, ResNet, make_stage
-from .roi_heads import FastRCNNPredictor, MaskRCNNPredictor
 
 
 class ResNetC4Backbone(nn.Module):
@@ -90,46 +88,37 @@ class Res5BoxPredictor(FastRCNNPredictor):
         return get_xp(d).broadcast_to(d[:, :, None, None], shape).copy()
 
 
-class MaskRCNNC4(MaskRCNN):
-    """Mask R-CNN, ResNet-C4 (Fig. 4 left). Same interface as :class:`MaskRCNN` (``forward_train``,
-    ``backward``, ``predict``, ``preprocess``, ``rng``, ``last_proposals``, ``to``): only the parts differ,
-    the plumbing (pre-processing, losses, the backward walk, post-processing) is inherited.
+def build_maskrcnn_c4(config: MaskRCNNConfig) -> MaskRCNN:
+    """Mask R-CNN, ResNet-C4 (Fig. 4 left): a :class:`~minimaskrcnn.model.mask_rcnn.MaskRCNN` whose parts
+    differ (the plumbing, pre-processing, losses, the backward walk and post-processing, is the same).
 
     Sub-modules: ``backbone`` (``body``), ``rpn`` (``head``), ``roi_heads`` (``box_head`` = res5,
-    ``box_predictor``, ``mask_predictor``; no ``mask_head``: the mask branch shares res5).
+    ``box_predictor``, ``mask_predictor``; no ``mask_head``: the mask branch shares res5). The RPN and the
+    RoI heads both read the one C4 map (spatial scale 1/16).
     """
-
-    def __init__(self, config: MaskRCNNConfig):
-        # MaskRCNN.__init__ builds the FPN parts; the C4 parts are built here instead.
-        nn.Module.__init__(self)
-        c = config
-        if c.architecture != "c4":
-            raise ValueError(f"MaskRCNNC4: architecture must be 'c4', got {c.architecture!r}")
-        if c.mask_head != "fcn":
-            raise ValueError(f"MaskRCNNC4: the C4 mask branch is res5 + deconv (mask_head='fcn'), got {c.mask_head!r}")
-        if c.mask_pool_size != c.box_pool_size:
-            raise ValueError(f"MaskRCNNC4: the box and mask branches share res5, so mask_pool_size "
-                             f"({c.mask_pool_size}) must equal box_pool_size ({c.box_pool_size})")
-        if len(c.anchor_sizes) != 1:
-            raise ValueError(f"MaskRCNNC4: the RPN runs on one feature map (C4), so anchor_sizes must hold one "
-                             f"tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
-        self.config = c
-        dt = c.dtype
-        nn.init.manual_seed(c.seed)
-        body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=3,
-                      return_stages=(3,), frozen_stages=c.frozen_stages, dtype=dt)
-        self.backbone = ResNetC4Backbone(body)
-        self.rpn = build_rpn(c, self.backbone.out_channels)
-        res5 = Res5Head(c.depth, self.backbone.out_channels, c.stage_widths[3], c.groups, c.width_per_group, c.norm,
-                        dtype=dt)
-        box_predictor = Res5BoxPredictor(res5.out_channels, c.num_classes, dtype=dt)
-        mask_classes = 1 if c.class_agnostic_masks else c.num_classes
-        mask_predictor = MaskRCNNPredictor(res5.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
-        res5_side = (c.box_pool_size - 1) // 2 + 1          # the stride-2 first block: 14 -> 7
-        self.roi_heads = build_roi_heads(c, res5, box_predictor, None, mask_predictor, mask_resolution=2 * res5_side)
-        self.rng = np.random.default_rng(c.seed)  # the samplers' random draws (saved with checkpoints)
-        self.device = "cpu"
-
-    def roi_features(self, feats):
-        """The RoI heads pool from the one C4 map (spatial scale 1/16)."""
-        return feats
+    c = config
+    if c.architecture != "c4":
+        raise ValueError(f"build_maskrcnn_c4: architecture must be 'c4', got {c.architecture!r}")
+    if c.mask_head != "fcn":
+        raise ValueError(f"build_maskrcnn_c4: the C4 mask branch is res5 + deconv (mask_head='fcn'), "
+                         f"got {c.mask_head!r}")
+    if c.mask_pool_size != c.box_pool_size:
+        raise ValueError(f"build_maskrcnn_c4: the box and mask branches share res5, so mask_pool_size "
+                         f"({c.mask_pool_size}) must equal box_pool_size ({c.box_pool_size})")
+    if len(c.anchor_sizes) != 1:
+        raise ValueError(f"build_maskrcnn_c4: the RPN runs on one feature map (C4), so anchor_sizes must hold "
+                         f"one tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
+    dt = c.dtype
+    nn.init.manual_seed(c.seed)
+    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=3,
+                  return_stages=(3,), frozen_stages=c.frozen_stages, dtype=dt)
+    backbone = ResNetC4Backbone(body)
+    rpn = build_rpn(c, backbone.out_channels)
+    res5 = Res5Head(c.depth, backbone.out_channels, c.stage_widths[3], c.groups, c.width_per_group, c.norm, dtype=dt)
+    box_predictor = Res5BoxPredictor(res5.out_channels, c.num_classes, dtype=dt)
+    mask_classes = 1 if c.class_agnostic_masks else c.num_classes
+    mask_predictor = MaskRCNNPredictor(res5.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+    res5_side = (c.box_pool_size - 1) // 2 + 1          # the stride-2 first block: 14 -> 7
+    roi_heads = build_roi_heads(c, res5, box_predictor, None, mask_predictor, mask_resolution=2 * res5_side,
+                                featmap_levels=(0,))
+    return MaskRCNN(backbone, rpn, roi_heads, build_transform(c), config=c)

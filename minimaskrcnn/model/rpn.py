@@ -3,8 +3,9 @@
 A small head slides over every FPN level and predicts, for each of A anchors per location, an
 objectness logit and 4 box deltas. Training labels anchors by IoU with the ground truth (>= 0.7
 positive, < 0.3 negative, plus each GT's best anchor), samples 256 per image at up to 50% positives,
-and applies sigmoid cross-entropy and smooth L1. Proposals are the decoded boxes of the top-scoring
-anchors per level, clipped, NMS'd at 0.7 across each level, and cut to the best ``post_nms_top_n``.
+and applies sigmoid cross-entropy and smooth L1 (:func:`~minimaskrcnn.model.losses.rpn_loss_forward`).
+Proposals are the decoded boxes of the top-scoring anchors per level, clipped, NMS'd at 0.7 across each
+level, and cut to the best ``post_nms_top_n``.
 
 Proposals are constants for the rest of the network ("approximate joint training"): no gradient flows
 through the box decoding, only through the objectness and delta predictions.
@@ -13,14 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from typing import NamedTuple
+
 from .. import nn
 from ..backend import device_of, get_xp
-from ..nn.activation import relu_backward, relu_forward
-from ..nn.losses import (binary_cross_entropy_with_logits_backward, binary_cross_entropy_with_logits_forward,
-                         smooth_l1_backward, smooth_l1_forward)
+from ..nn.activation import relu_backward, relu_forward, sigmoid
 from ..ops.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedPositiveNegativeSampler
+from .losses import RPNLossCache, rpn_loss_backward, rpn_loss_forward
 
 
 class RPNHead(nn.Module):
@@ -43,27 +45,27 @@ class RPNHead(nn.Module):
 
     def forward(self, features):
         """features: list of (N, C, H, W). Returns (logits list of (N, A, H, W), deltas list of (N, 4A, H, W))."""
-        logits, deltas, masks = [], [], []
+        logits, deltas, relu_masks = [], [], []
         for f in features:
             t = f
             for block in self.conv:
-                t, m = relu_forward(block(t))
-                masks.append(m)
+                t, relu_mask = relu_forward(block(t))
+                relu_masks.append(relu_mask)
             logits.append(self.cls_logits(t))
             deltas.append(self.bbox_pred(t))
-        self.save_for_backward(masks)
+        self.save_for_backward(relu_masks)
         return logits, deltas
 
     def backward(self, d_logits, d_deltas):
         """Gradients for each level's logits and deltas -> gradients for each level's features."""
-        masks = self.saved()
+        relu_masks = self.saved()
         depth = len(self.conv)
         d_feats = []
-        for lvl in range(len(d_logits) - 1, -1, -1):  # reverse order of the forward's levels
-            dt = self.cls_logits.backward(d_logits[lvl]) + self.bbox_pred.backward(d_deltas[lvl])
+        for level in range(len(d_logits) - 1, -1, -1):  # reverse order of the forward's levels
+            d = self.cls_logits.backward(d_logits[level]) + self.bbox_pred.backward(d_deltas[level])
             for k in range(depth - 1, -1, -1):
-                dt = self.conv[k].backward(relu_backward(dt, masks[lvl * depth + k]))
-            d_feats.append(dt)
+                d = self.conv[k].backward(relu_backward(d, relu_masks[level * depth + k]))
+            d_feats.append(d)
         return d_feats[::-1]
 
 
@@ -77,6 +79,14 @@ def flatten_level(x, N, A, C):
 def unflatten_level(d, N, A, C, H, W):
     """Inverse of :func:`flatten_level`: (N, H*W*A, C) -> (N, A*C, H, W)."""
     return d.reshape(N, H, W, A, C).transpose(0, 3, 4, 1, 2).reshape(N, A * C, H, W)
+
+
+class RPNCache(NamedTuple):
+    """What :meth:`RegionProposalNetwork.backward` needs from the training forward pass."""
+    level_shapes: list         # (N, A, H, W) of each level's logits
+    num_anchors: int           # A, anchors per location
+    anchors_per_level: list    # H * W * A of each level
+    loss: RPNLossCache
 
 
 class RegionProposalNetwork(nn.Module):
@@ -111,101 +121,100 @@ class RegionProposalNetwork(nn.Module):
         anchors = self.anchor_generator(batch_shape, [f.shape[-2:] for f in features], dtype=features[0].dtype,
                                         device=device_of(features[0]))                   # (sum H*W*A, 4)
         A = logits[0].shape[1]
-        per_level = [lg.shape[2] * lg.shape[3] * A for lg in logits]
-        obj = self._cat([flatten_level(lg, N, A, 1)[..., 0] for lg in logits])    # (N, sum)
-        dlt = self._cat([flatten_level(d, N, A, 4) for d in deltas])               # (N, sum, 4)
-        xp = get_xp(obj)
-        if not (bool(xp.isfinite(obj).all()) and bool(xp.isfinite(dlt).all())):
+        anchors_per_level = [lg.shape[2] * lg.shape[3] * A for lg in logits]
+        objectness = self._cat([flatten_level(lg, N, A, 1)[..., 0] for lg in logits])    # (N, sum)
+        pred_bbox_deltas = self._cat([flatten_level(d, N, A, 4) for d in deltas])         # (N, sum, 4)
+        xp = get_xp(objectness)
+        if not (bool(xp.isfinite(objectness).all()) and bool(xp.isfinite(pred_bbox_deltas).all())):
             # NaN boxes would fail much later and far from the cause (a diverged network or input)
             raise FloatingPointError("the RPN's objectness or box deltas are not finite: the weights or the "
                                      "input hold NaN or inf (training diverged?)")
-        proposals = self.filter_proposals(obj, dlt, anchors, per_level, image_sizes)
+        proposals = self.filter_proposals(objectness, pred_bbox_deltas, anchors, anchors_per_level, image_sizes)
         losses = {}
         if self.training:
             if targets is None:
                 raise ValueError("RegionProposalNetwork: training needs targets")
-            losses, loss_cache = self.compute_loss(obj, dlt, anchors, targets, rng)
-            self.save_for_backward(([lg.shape for lg in logits], A, per_level, loss_cache))
+            labels, regression_targets = self.assign_targets_to_anchors(anchors, targets, objectness.dtype)
+            labels = self.sample(labels, rng)
+            (loss_objectness, loss_box), loss_cache = rpn_loss_forward(
+                objectness.reshape(-1), pred_bbox_deltas.reshape(-1, 4), labels, regression_targets,
+                self.box_loss_beta)
+            losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
+            self.save_for_backward(RPNCache([lg.shape for lg in logits], A, anchors_per_level, loss_cache))
         return proposals, losses
 
     @staticmethod
     def _cat(parts):
         return get_xp(parts[0]).concatenate(parts, axis=1)
 
-    def filter_proposals(self, obj, deltas, anchors, per_level, image_sizes):
+    def filter_proposals(self, objectness, pred_bbox_deltas, anchors, anchors_per_level, image_sizes):
         """Per image: top-k anchors per level by objectness, decode, clip, drop tiny boxes, NMS per level,
         keep the best ``post_nms_top_n``. Returns a list of (P_i, 4) proposal arrays."""
-        xp = get_xp(obj)
-        N = obj.shape[0]
+        xp = get_xp(objectness)
+        N = objectness.shape[0]
         pre_n, post_n = self.pre_nms_top_n[self._mode()], self.post_nms_top_n[self._mode()]
         # Indices of the top-k logits of each level (k = min(pre_nms_top_n, anchors in the level)).
-        starts = np.cumsum([0] + per_level)
-        idx = []
-        for lvl, n in enumerate(per_level):
+        starts = np.cumsum([0] + anchors_per_level)
+        top_per_level = []
+        for level, n in enumerate(anchors_per_level):
             k = min(pre_n, n)
-            part = obj[:, starts[lvl]:starts[lvl] + n]
+            part = objectness[:, starts[level]:starts[level] + n]
             top = xp.argpartition(-part, k - 1, axis=1)[:, :k] if k < n else xp.broadcast_to(xp.arange(n), (N, n))
             order = xp.argsort(-xp.take_along_axis(part, top, axis=1), axis=1, kind="stable")
-            idx.append(xp.take_along_axis(top, order, axis=1) + starts[lvl])
-        lvl_ids = xp.concatenate([xp.full(i.shape[1], lvl) for lvl, i in enumerate(idx)])
-        idx = xp.concatenate(idx, axis=1)                                              # (N, K)
+            top_per_level.append(xp.take_along_axis(top, order, axis=1) + starts[level])
+        level_of_top = xp.concatenate([xp.full(t.shape[1], level) for level, t in enumerate(top_per_level)])
+        top = xp.concatenate(top_per_level, axis=1)                                       # (N, K)
         out = []
         for i in range(N):
-            sel = idx[i]
-            boxes = self.box_coder.decode(deltas[i, sel], anchors[sel])
-            scores = 1.0 / (1.0 + xp.exp(-obj[i, sel]))
+            selected = top[i]
+            boxes = self.box_coder.decode(pred_bbox_deltas[i, selected], anchors[selected])
+            scores = sigmoid(objectness[i, selected])
             boxes = clip_boxes_to_image(boxes, image_sizes[i])
             keep = remove_small_boxes(boxes, self.min_size)
-            boxes, scores, lv = boxes[keep], scores[keep], lvl_ids[keep]
+            boxes, scores, levels = boxes[keep], scores[keep], level_of_top[keep]
             keep = xp.nonzero(scores >= self.score_thresh)[0]
-            boxes, scores, lv = boxes[keep], scores[keep], lv[keep]
-            keep = batched_nms(boxes, scores, lv, self.nms_thresh, max_keep=post_n)
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+            keep = batched_nms(boxes, scores, levels, self.nms_thresh, max_keep=post_n)
             out.append(boxes[keep])
         return out
 
-    def compute_loss(self, obj, deltas, anchors, targets, rng):
-        """Label anchors (IoU >= 0.7 / < 0.3 / best anchor of each GT), sample 256 per image, and return
-        ``loss_objectness`` (sigmoid BCE, mean over sampled) and ``loss_rpn_box_reg`` (smooth L1 over the
-        sampled positives, summed and divided by the number sampled)."""
-        xp = get_xp(obj)
-        labels, reg_targets = [], []
+    def assign_targets_to_anchors(self, anchors, targets, dtype):
+        """Label every anchor of every image: 1 (IoU >= 0.7 with a GT box, or a GT box's best anchor), 0
+        (IoU < 0.3 with all), -1 (in between: ignored); and encode its matched GT box as regression target.
+        Returns (N * A_total,) labels and (N * A_total, 4) targets, the images one after the other."""
+        xp = get_xp(anchors)
+        labels, regression_targets = [], []
         for t in targets:
             gt = t["boxes"].astype(anchors.dtype)
             if gt.shape[0] == 0:
                 labels.append(xp.zeros(anchors.shape[0], np.int64))
-                reg_targets.append(xp.zeros(anchors.shape, obj.dtype))
+                regression_targets.append(xp.zeros(anchors.shape, dtype))
                 continue
             matched = self.matcher(box_iou(gt, anchors))
-            lab = (matched >= 0).astype(np.int64)
-            lab[matched == Matcher.BETWEEN_THRESHOLDS] = -1
-            labels.append(lab)
-            reg_targets.append(self.box_coder.encode(gt[xp.maximum(matched, 0)], anchors).astype(obj.dtype))
-        pos, neg = self.sampler(labels, rng)
-        pos, neg = xp.concatenate(pos), xp.concatenate(neg)   # over the batch, rows of the flattened anchors
-        sampled = xp.nonzero(pos | neg)[0]
-        pos_idx = xp.nonzero(pos)[0]
-        obj_flat, dlt_flat = obj.reshape(-1), deltas.reshape(-1, 4)
-        labels = xp.concatenate(labels).astype(obj.dtype)
-        reg_targets = xp.concatenate(reg_targets)
-        loss_obj, c_obj = binary_cross_entropy_with_logits_forward(obj_flat[sampled], labels[sampled])
-        loss_box, c_box = smooth_l1_forward(dlt_flat[pos_idx], reg_targets[pos_idx], self.box_loss_beta,
-                                            normalizer=max(int(sampled.shape[0]), 1))
-        losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
-        return losses, (sampled, pos_idx, c_obj, c_box, obj.shape)
+            image_labels = (matched >= 0).astype(np.int64)
+            image_labels[matched == Matcher.BETWEEN_THRESHOLDS] = -1
+            labels.append(image_labels)
+            regression_targets.append(self.box_coder.encode(gt[xp.maximum(matched, 0)], anchors).astype(dtype))
+        return labels, xp.concatenate(regression_targets)
+
+    def sample(self, labels, rng):
+        """256 anchors per image, up to half positive (§3.1): the labels with every anchor that was not
+        sampled set to -1, concatenated over the images."""
+        xp = get_xp(labels[0])
+        positive, negative = self.sampler(labels, rng)
+        positive, negative = xp.concatenate(positive), xp.concatenate(negative)
+        return xp.where(positive, 1, xp.where(negative, 0, -1))
 
     def backward(self, scale: float = 1.0):
         """Gradient of ``scale * (loss_objectness + loss_rpn_box_reg)`` for each feature level."""
-        shapes, A, per_level, (sampled, pos_idx, c_obj, c_box, (N, total)) = self.saved()
-        xp = get_xp(sampled)
-        d_obj = xp.zeros(N * total, c_obj[0].dtype)
-        d_obj[sampled] = binary_cross_entropy_with_logits_backward(scale, c_obj)
-        d_dlt = xp.zeros((N * total, 4), c_obj[0].dtype)
-        d_dlt[pos_idx] = smooth_l1_backward(scale, c_box)
-        d_obj, d_dlt = d_obj.reshape(N, total), d_dlt.reshape(N, total, 4)
-        starts = np.cumsum([0] + per_level)
-        d_logits, d_deltas = [], []
-        for lvl, (n, (_, _, H, W)) in enumerate(zip(per_level, shapes)):
-            a, b = starts[lvl], starts[lvl] + n
-            d_logits.append(unflatten_level(d_obj[:, a:b, None], N, A, 1, H, W))
-            d_deltas.append(unflatten_level(d_dlt[:, a:b], N, A, 4, H, W))
-        return self.head.backward(d_logits, d_deltas)
+        cache: RPNCache = self.saved()
+        d_objectness, d_deltas = rpn_loss_backward((scale, scale), cache.loss)
+        N, A = cache.level_shapes[0][0], cache.num_anchors
+        d_objectness, d_deltas = d_objectness.reshape(N, -1), d_deltas.reshape(N, -1, 4)
+        starts = np.cumsum([0] + cache.anchors_per_level)
+        d_logits, d_pred_deltas = [], []
+        for level, (n, (_, _, H, W)) in enumerate(zip(cache.anchors_per_level, cache.level_shapes)):
+            a, b = starts[level], starts[level] + n
+            d_logits.append(unflatten_level(d_objectness[:, a:b, None], N, A, 1, H, W))
+            d_pred_deltas.append(unflatten_level(d_deltas[:, a:b], N, A, 4, H, W))
+        return self.head.backward(d_logits, d_pred_deltas)

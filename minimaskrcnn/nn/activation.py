@@ -1,6 +1,9 @@
-"""ReLU, the only nonlinearity Mask R-CNN uses inside the network (after every hidden conv and fc layer), and
-the softmax that turns the classifier's logits into probabilities at inference."""
+"""ReLU, the only nonlinearity Mask R-CNN uses inside the network (after every hidden conv and fc layer); the
+sigmoid that turns objectness and mask logits into probabilities, and the softmax that does it for the
+classifier's logits. The losses (``nn/losses.py``) and every probability in the model use these two."""
 from __future__ import annotations
+
+import numpy as np
 
 from ..backend import get_xp
 from ._checks import check_float_array
@@ -36,3 +39,13 @@ def softmax(x, axis: int = 1):
     xp = get_xp(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    """``1 / (1 + exp(-x))`` elementwise, in ``x``'s dtype, computed as written, as ``torch.sigmoid`` does, so
+    probabilities (and the RPN's ranking of them) agree with torchvision's to the bit. Below x ~ -88 (float32;
+    -709 in float64) ``exp(-x)`` overflows to inf and the result is 0, the correctly rounded value: NumPy's
+    overflow warning is silenced."""
+    xp = get_xp(x)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + xp.exp(-x))

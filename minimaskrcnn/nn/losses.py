@@ -9,6 +9,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ._checks import check_float_array
+from .activation import sigmoid
 
 
 def softmax_cross_entropy_forward(logits, labels, ignore_index=-1):
@@ -112,9 +113,6 @@ def binary_cross_entropy_with_logits_forward(logits, targets):
 
 
 def binary_cross_entropy_with_logits_backward(dloss, cache):
-    """``dlogits = (sigmoid(x) - t) / n``, with a sigmoid that does not overflow for large |x|."""
+    """``dlogits = (sigmoid(x) - t) / n`` (:func:`~minimaskrcnn.nn.activation.sigmoid` does not overflow)."""
     logits, t, n = cache
-    xp = get_xp(logits)
-    e = xp.exp(-xp.abs(logits))
-    sig = xp.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    return (sig - t) * (dloss / n)
+    return (sigmoid(logits) - t) * (dloss / n)

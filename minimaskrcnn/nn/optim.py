@@ -28,7 +28,10 @@ class SGD:
     def step(self) -> None:
         for name, p in self.params:
             if p.grad is None:
-                continue
+                # a zero gradient must come from the backward pass (e.g. a loss that is constant 0); a
+                # missing one means the backward never reached the parameter: a bug, not a zero
+                raise RuntimeError(f"SGD.step: parameter {name!r} has no gradient: the backward pass did not "
+                                   "reach it (freeze it with requires_grad=False if that is intended)")
             g = p.grad
             if self.weight_decay:
                 g = g + self.weight_decay * p.data

@@ -12,7 +12,7 @@ clamped below at 0, and interpolates linearly between its two neighbours ``floor
 coordinates, weights and sums are computed in the input's float dtype, and for float32 the
 multiply-adds are fused (rounded once), as in its compiled code: the float32 weights equal torch's bit
 for bit, and the results agree to about one unit in the last place (where exactly torch rounds depends
-on how its loop was vectorised). ``minimaskrcnn.data.transforms`` resizes images the same way.
+on how its loop was vectorised). ``minimaskrcnn.model.transform`` resizes images the same way.
 
 No anti-aliasing: shrinking by more than 2x skips input pixels, exactly like ``F.interpolate``. torchvision's
 detection transform resizes with ``recompute_scale_factor=True``, i.e. with the ratio ``n_in / n_out``
