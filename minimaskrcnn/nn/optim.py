@@ -26,6 +26,7 @@ class SGD:
         self.velocity = {}
 
     def step(self) -> None:
+        ### BEGIN SOLUTION
         for name, p in self.params:
             if p.grad is None:
                 continue
@@ -42,6 +43,7 @@ class SGD:
                 self.velocity[name] = v
                 g = v
             p.data -= self.lr * g
+        ### END SOLUTION
 
     def zero_grad(self) -> None:
         for _, p in self.params:
@@ -83,9 +85,11 @@ class WarmupMultiStepLR:
         self.warmup_factor = warmup_factor
 
     def __call__(self, it: int) -> float:
+        ### BEGIN SOLUTION
         factor = 1.0
         if it < self.warmup_iters:
             alpha = it / self.warmup_iters
             factor = self.warmup_factor * (1 - alpha) + alpha
         drops = sum(1 for s in self.steps if it >= s)
         return self.base_lr * factor * self.gamma ** drops
+        ### END SOLUTION

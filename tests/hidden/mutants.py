@@ -1,0 +1,43 @@
+"""Typical wrong solutions, kept as test data: ``classroom check`` puts each into a copy of the solution and
+requires it to score below full marks, so the graded tests provably tell right from wrong.
+
+Each entry is ``(file, snippet of the solution, wrong replacement, what a student got wrong)``; the
+snippet must occur exactly once in the file and inside the assignment's solution regions. This folder is
+the graders' (never released): the snippets are solution code.
+"""
+
+NORM, FPN = "minimaskrcnn/nn/norm.py", "minimaskrcnn/model/fpn.py"
+ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
+KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
+COCO_AP = "minimaskrcnn/engine/coco_ap.py"
+
+MUTANTS = {
+    "A2": [
+        (NORM, "    dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)\n",
+         "    dx = (m * dxhat\n", "BN backward without the mean term"),
+        (NORM, "running_var += momentum * var * (m / (m - 1))", "running_var += momentum * var",
+         "running variance updated with the biased batch variance"),
+        (NORM, "scale = weight * (1.0 / xp.sqrt(running_var + eps))", "scale = weight * (1.0 / xp.sqrt(running_var))",
+         "frozen BN without eps"),
+    ],
+    "A4": [
+        (ANCHORS, "h_ratios = np.sqrt(aspect_ratios)", "h_ratios = 1 / np.sqrt(aspect_ratios)",
+         "aspect ratio taken as width / height"),
+        (ANCHORS, "np.arange(grid_h) * stride_h, np.arange(grid_w) * stride_w",
+         "(np.arange(grid_h) + 0.5) * stride_h, (np.arange(grid_w) + 0.5) * stride_w",
+         "anchors centred on the cell centres (half-stride offset) instead of torchvision's corners"),
+        (BOXES, "dw = ww * xp.log(gt_widths / ex_widths)", "dw = xp.log(gt_widths / ex_widths)",
+         "encode forgets the size weights"),
+        (BOXES, "half_w = 0.5 * (xp.exp(dw) * widths[:, None])", "half_w = xp.exp(dw) * widths[:, None]",
+         "decode adds the whole width on each side"),
+    ],
+    "A9": [
+        (OPTIM, "                g = g + self.weight_decay * p.data\n",
+         "                p.data -= self.lr * self.weight_decay * p.data\n",
+         "weight decay applied outside the momentum buffer"),
+        (OPTIM, "drops = sum(1 for s in self.steps if it >= s)", "drops = sum(1 for s in self.steps if it > s)",
+         "learning rate drops one iteration late (> instead of >=)"),
+        (OPTIM, "factor = self.warmup_factor * (1 - alpha) + alpha", "factor = self.warmup_factor * alpha",
+         "warm-up that starts from zero instead of warmup_factor"),
+    ],
+}
