@@ -64,7 +64,12 @@ class GradeReport:
 
     @property
     def graded(self):
-        return [r for r in self.results if not r.extra]
+        """The assignment's tests that count (not other parts' tests, not those this grader cannot run)."""
+        return [r for r in self.results if not r.extra and not (r.status == "skipped" and r.max_score == 0)]
+
+    @property
+    def not_runnable(self):
+        return [r for r in self.results if not r.extra and r.status == "skipped" and r.max_score == 0]
 
     @property
     def score(self) -> float:
@@ -82,6 +87,9 @@ class GradeReport:
         lines += [f"{n:<{w}}  {p:>6}  {m}" for n, p, m in rows]
         lines.append("-" * (w + 40))
         lines.append(f"{'total ' + self.assignment:<{w}}  {self.score:g}/{self.max_score:g}")
+        if self.not_runnable:
+            lines.append(f"({len(self.not_runnable)} tests not counted: this grader cannot run them, e.g. "
+                         f"{self.not_runnable[0].message})")
         return "\n".join(self.notes + lines)
 
     def gradescope(self) -> dict:
@@ -271,8 +279,12 @@ def _assemble(a, sub, expected, records, code, output, total_timeout) -> GradeRe
             outcomes.setdefault(r["nodeid"], []).append(r)
     results = []
     for nodeid, info in expected.items():
-        points = 0.0 if info["extra"] else float(info["points"])
+        points = 0.0 if info["extra"] or info.get("skip") else float(info["points"])
         reports = outcomes.get(nodeid, [])
+        if info.get("skip"):   # cannot run on this grader (no GPU, no compiler): counts for nothing
+            results.append(TestResult(nodeid, 0.0, 0.0, "skipped", f"not run by this grader: {info['skip']}",
+                                      "", bool(info.get("hidden")), bool(info["extra"])))
+            continue
         failed = [r for r in reports if r["outcome"] == "failed"]
         skipped = [r for r in reports if r["outcome"] == "skipped"]
         calls = [r for r in reports if r["when"] == "call" and r["outcome"] == "passed"]

@@ -65,7 +65,7 @@ def pytest_collection_modifyitems(config, items):
         item._classroom = (points or 0.0, points is None)
         if _REPORTER:
             _REPORTER.write(event="collected", nodeid=item.nodeid, points=points or 0.0, extra=points is None,
-                      hidden="/hidden/" in "/" + item.nodeid)
+                            hidden="/hidden/" in "/" + item.nodeid, skip=_skip_reason(item))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -91,6 +91,16 @@ def pytest_runtest_logreport(report):
             output = output[:OUTPUT_CAP] + f"\n... ({len(output) - OUTPUT_CAP} more characters of output cut)"
         _REPORTER.write(event="result", nodeid=report.nodeid, when=report.when, outcome=report.outcome,
                   message=_first_line(report) if not report.passed else "", output=output)
+
+
+def _skip_reason(item):
+    """Why ``item`` skips here whatever the code under test does (no GPU, no compiler), or ''."""
+    try:
+        from _pytest.skipping import evaluate_skip_marks
+        skip = evaluate_skip_marks(item)
+    except Exception:  # noqa: BLE001 - a private pytest API: without it, no test is known to skip
+        return ""
+    return (skip.reason or "skipped") if skip is not None else ""
 
 
 def _first_line(report):

@@ -20,6 +20,15 @@ MUTANTS = {
         (NORM, "scale = weight * (1.0 / xp.sqrt(running_var + eps))", "scale = weight * (1.0 / xp.sqrt(running_var))",
          "frozen BN without eps"),
     ],
+    "A3": [
+        (FPN, "d_inner[k + 1] = d_inner[k + 1] + upsample_nearest_backward(d_inner[k], ups[k])",
+         "d_inner[k + 1] = upsample_nearest_backward(d_inner[k], ups[k])",
+         "the upsampled gradient overwrites the level's own instead of adding to it"),
+        (FPN, "        for k in range(n - 1):\n", "        for k in reversed(range(n - 1)):\n",
+         "top-down backward from coarse to fine: a level passes on its gradient before it is complete"),
+        (FPN, "inner[k] = lateral + top_down", "inner[k] = lateral",
+         "no top-down signal: every level sees only its own lateral"),
+    ],
     "A4": [
         (ANCHORS, "h_ratios = np.sqrt(aspect_ratios)", "h_ratios = 1 / np.sqrt(aspect_ratios)",
          "aspect ratio taken as width / height"),
