@@ -167,7 +167,7 @@ def _read_capped(stream, keep: list):
 
 
 def run_pytest(a, package_root: Path, *, repo: Path, report: Path, tmp: Path, extra=(), collect_only=False,
-               per_test_timeout: float = 60, total_timeout: float = 600) -> tuple[int | None, str]:
+               per_test_timeout: float = 60, total_timeout: float = 600, kernel_cache=None) -> tuple[int | None, str]:
     """Run the grader's tests of ``a`` in a subprocess importing ``minimaskrcnn`` from ``package_root``.
     Returns (exit code or None if killed for the overall time limit, captured output)."""
     if importlib.util.find_spec("pytest_timeout") is None:
@@ -183,6 +183,8 @@ def run_pytest(a, package_root: Path, *, repo: Path, report: Path, tmp: Path, ex
     env = dict(os.environ, PYTHONPATH=str(package_root), PYTHONDONTWRITEBYTECODE="1",
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
     env.pop("PYTEST_ADDOPTS", None)
+    if kernel_cache is not None:   # a submission's compiled kernels go with its temporary folder
+        env["MINIMASKRCNN_KERNEL_CACHE"] = str(kernel_cache)
     # Only the plugins named above: the others installed (nbmake loads Jupyter) cost seconds per run.
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -250,7 +252,8 @@ def grade(assignment_id: str, submission, *, repo=None, per_test_timeout: float 
         work = Path(tmp) / "tests-copy"
         work.mkdir()
         code, output = run_pytest(a, sub, repo=repo, report=report, tmp=work, extra=extra,
-                                  per_test_timeout=per_test_timeout, total_timeout=total_timeout)
+                                  per_test_timeout=per_test_timeout, total_timeout=total_timeout,
+                                  kernel_cache=None if reference else Path(tmp) / "kernels")
         records = _read_report(report)
     if expected is None:
         expected = {r["nodeid"]: r for r in records if r["event"] == "collected"}

@@ -40,6 +40,15 @@ MUTANTS = {
         (BOXES, "half_w = 0.5 * (xp.exp(dw) * widths[:, None])", "half_w = xp.exp(dw) * widths[:, None]",
          "decode adds the whole width on each side"),
     ],
+    "A7": [
+        (KERNEL, "        atomicAdd(plane + y1 * width + x1, grad * w4 / divisor);\n", "",
+         "backward forgets the fourth bilinear neighbour"),
+        (KERNEL, "    T divisor = g.count;", "    T divisor = (T)1.0;",
+         "avg mode not divided by the number of sample points"),
+        (KERNEL, "atomicAdd(plane + y0 * width + x1, grad * w2 / divisor);",
+         "atomicAdd(plane + y1 * width + x0, grad * w2 / divisor);",
+         "the top-right weight sent to the bottom-left neighbour"),
+    ],
     "A9": [
         (OPTIM, "                g = g + self.weight_decay * p.data\n",
          "                p.data -= self.lr * self.weight_decay * p.data\n",
