@@ -49,6 +49,17 @@ MUTANTS = {
          "atomicAdd(plane + y1 * width + x0, grad * w2 / divisor);",
          "the top-right weight sent to the bottom-left neighbour"),
     ],
+    "A10": [
+        (COCO_AP, "if ious[d, g] < best_iou:", "if ious[d, g] <= best_iou:",
+         "an IoU equal to the threshold does not match"),
+        (COCO_AP, "        gt_taken[m] = True\n", "",
+         "a ground-truth box can be matched twice: duplicates count as true positives"),
+        (COCO_AP, "return np.maximum.accumulate(precision[::-1])[::-1].copy()", "return precision.copy()",
+         "no precision envelope (the raw zig-zag curve is sampled)"),
+        (COCO_AP, 'idx = np.searchsorted(recall, recall_thresholds, side="left")',
+         'idx = np.searchsorted(recall, recall_thresholds, side="right")',
+         "a recall point is read after the detection that reaches it"),
+    ],
     "A9": [
         (OPTIM, "                g = g + self.weight_decay * p.data\n",
          "                p.data -= self.lr * self.weight_decay * p.data\n",
