@@ -65,7 +65,10 @@ def find_regions(text: str, path: str) -> list[Region]:
 def function_spans(text: str, path: str) -> dict[str, tuple[int, int]]:
     """``qualname -> (first line, last line)``, 0-based, of every function (and method) in ``text``."""
     if path.endswith(".py"):
-        return _python_spans(text)
+        try:
+            return _python_spans(text)
+        except SyntaxError as e:
+            raise MarkerError(f"{path}:{e.lineno}: not valid Python ({e.msg})") from None
     if path.endswith((".cu", ".cuh", ".h")):
         return _c_spans(text)
     return {}
