@@ -38,7 +38,7 @@ def cmd_list(args):
         if a.enabled and (repo / "tests").is_dir():
             try:
                 tests = expected_tests(a, repo)
-                points = f"{sum(t['points'] for t in tests.values()):g}"
+                points = f"{sum(t['points'] for t in tests.values() if not t.get('skip')):g}"
             except catalogue.ClassroomError:
                 points = "?"
         parts = ", ".join(p.split("::")[1] for p in a.parts) if a.parts else f"(planned: {a.note})"

@@ -6,7 +6,6 @@ that is killed (an endless loop in C code, a crash) still leaves what was decide
 """
 import json
 
-import pytest
 
 OUTPUT_CAP = 2000   # characters of a test's captured output kept in the report
 
