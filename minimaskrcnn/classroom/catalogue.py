@@ -68,7 +68,8 @@ CATALOGUE: tuple[Assignment, ...] = (
         goals=("batch statistics and their gradient: the mean and variance depend on every input",
                "running statistics (unbiased variance, momentum) and eval mode",
                "why detection backbones freeze BN: an affine map with nothing to learn"),
-        prerequisites=("NumPy broadcasting", "the chain rule on a computational graph (notebook 01)"),
+        prerequisites=("notebook 01: forward/backward pairs and gradient checking",
+                       "notebook 02 §3 'Frozen BN, BN and GN'"),
         minutes=90, difficulty="medium", independent=INDEPENDENT[:1] + INDEPENDENT[2:]),
     Assignment(
         "A3", "FPN top-down pathway, forward and backward", "02_backbone_fpn.ipynb",
@@ -78,7 +79,7 @@ CATALOGUE: tuple[Assignment, ...] = (
         tests=("tests/test_fpn.py",), hidden=("tests/hidden/test_a3_fpn.py",),
         goals=("the top-down pathway: lateral 1x1 convs plus upsampled coarser maps",
                "a gradient that reaches a level along two paths is summed, in the right order"),
-        prerequisites=("A2 or notebook 01 (layers as forward/backward pairs)", "nearest upsampling"),
+        prerequisites=("notebook 01: forward/backward pairs", "notebook 02 §4 'The Feature Pyramid Network'"),
         minutes=60, difficulty="easy", independent=INDEPENDENT),
     Assignment(
         "A4", "Anchors and box coding (BoxCoder.encode / decode)", "03_rpn.ipynb",
@@ -89,7 +90,8 @@ CATALOGUE: tuple[Assignment, ...] = (
         tests=("tests/test_anchors.py", "tests/test_boxes.py"), hidden=("tests/hidden/test_a4_anchors_boxes.py",),
         goals=("anchors of one area and three aspect ratios at every location of every level",
                "the (dx, dy, dw, dh) parameterisation and its inverse, with weights and the exp clip"),
-        prerequisites=("notebook 03 up to 'Anchors'",), minutes=75, difficulty="easy",
+        prerequisites=("notebook 03 §1 'Anchors' and §2 'Box parameterisation: the box coder'",),
+        minutes=75, difficulty="easy",
         independent=INDEPENDENT[:2]),
     Assignment(
         "A5", "The RPN loss, forward and backward", "03_rpn.ipynb", "Faster R-CNN §3.1.2, Eq. (1)",
@@ -106,7 +108,8 @@ CATALOGUE: tuple[Assignment, ...] = (
         tests=("tests/test_roi_align_kernel.py",), hidden=("tests/hidden/test_a7_roi_align_kernel.py",),
         goals=("one GPU thread per output gradient, scattered to the 4 bilinear neighbours of every sample",
                "why the scatter needs atomicAdd", "avg and max modes route the gradient differently"),
-        prerequisites=("notebook 04", "reading the forward kernel in the same file", "a C++ compiler (g++)"),
+        prerequisites=("notebook 04 §5 'The CUDA kernel, run on a CPU' and §6 'Gradients'",
+                       "the forward kernel in the same file", "a C++ compiler (g++ or clang++)"),
         minutes=90, difficulty="hard", independent=INDEPENDENT),
     Assignment(
         "A8", "Mask targets and the mask loss, forward and backward", "05_heads_and_masks.ipynb",
@@ -118,7 +121,8 @@ CATALOGUE: tuple[Assignment, ...] = (
         parts=("minimaskrcnn/nn/optim.py::SGD.step", "minimaskrcnn/nn/optim.py::WarmupMultiStepLR.__call__"),
         tests=("tests/test_module_optim.py",), hidden=("tests/hidden/test_a9_optim.py",),
         goals=("PyTorch's momentum rule: weight decay enters the velocity", "linear warm-up, then drops by 10x"),
-        prerequisites=("notebook 06 up to 'The optimiser'",), minutes=45, difficulty="easy",
+        prerequisites=("notebook 06 §3 'The learning-rate schedule' and §4 'The update'",),
+        minutes=45, difficulty="easy",
         independent=INDEPENDENT),
     Assignment(
         "A10", "COCO AP from scratch: matching, precision envelope, 101-point interpolation",
@@ -129,7 +133,7 @@ CATALOGUE: tuple[Assignment, ...] = (
         tests=("tests/test_coco_ap.py",), hidden=("tests/hidden/test_a10_coco_ap.py",),
         goals=("greedy matching of detections to ground truth in score order, crowd regions ignored",
                "the precision envelope and COCO's 101 recall points", "AP@[.5:.95] equal to COCOeval's"),
-        prerequisites=("notebook 07 up to 'COCO AP'",), minutes=120, difficulty="medium",
+        prerequisites=("notebook 07 §2 'COCO AP, by hand'",), minutes=120, difficulty="medium",
         independent=INDEPENDENT),
 )
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import catalogue, markers
-from .grade import STAMP, grade, repository_root
+from .grade import STAMP, expected_tests, grade, repository_root
 from .release import release
 
 SEARCHED = (".py", ".cu", ".cuh", ".h", ".ipynb", ".md")
@@ -113,7 +115,7 @@ def _mutant(a, repo: Path, mutant: tuple, dst: Path) -> Path:
     return dst
 
 
-def check_assignment(a, repo: Path, say=print) -> list[str]:
+def check_assignment(a, repo: Path, say=print, jobs: int = 2) -> list[str]:
     """Run the five checks on ``a``; print a line per check; return the problems found."""
     problems = []
     t0 = time.perf_counter()
@@ -136,8 +138,25 @@ def check_assignment(a, repo: Path, say=print) -> list[str]:
             if r.status != "passed":
                 say(f"       {r.name}: {r.status}: {r.message}")
 
+        # Every submission is prepared first, then graded in parallel (each grade is a subprocess).
         released = release(a.id, tmp / "release", repo=repo, package_only=True)
-        g = grade(a.id, released, repo=repo, extra=extra)
+        trip = _round_trip(a, repo, released, tmp / "round-trip")
+        mutants = load_mutants(repo).get(a.id, [])
+        mutant_dirs = []
+        for k, m in enumerate(mutants):
+            try:
+                mutant_dirs.append(_mutant(a, repo, m, tmp / f"mutant-{k}"))
+            except AssertionError as e:
+                mutant_dirs.append(e)
+        expected_tests(a, repo)     # collected once, before the parallel runs read it
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            g_f = pool.submit(grade, a.id, released, repo=repo, extra=extra)
+            back_f = pool.submit(grade, a.id, trip, repo=repo)
+            mutant_fs = [d if isinstance(d, AssertionError) else pool.submit(grade, a.id, d, repo=repo)
+                         for d in mutant_dirs]
+            g, back = g_f.result(), back_f.result()
+            mutant_reports = [f if isinstance(f, AssertionError) else f.result() for f in mutant_fs]
+
         not_named = [r for r in g.graded if f"NotImplementedError: {a.id}:" not in r.message]
         extra_res = [r for r in g.results if r.extra]
         extra_bad = [f"{r.name} ({r.status}: {r.message})" for r in extra_res if r.status != "passed"]
@@ -156,20 +175,16 @@ def check_assignment(a, repo: Path, say=print) -> list[str]:
         for line in leaks[:10]:
             say(f"       {line}")
 
-        back = grade(a.id, _round_trip(a, repo, released, tmp / "round-trip"), repo=repo)
         verdict(back.score == back.max_score, f"round trip (solution pasted back) scores "
                                               f"{back.score:g}/{back.max_score:g}")
         for r in back.graded:
             if r.status != "passed":
                 say(f"       {r.name}: {r.status}: {r.message}")
 
-        mutants = load_mutants(repo).get(a.id, [])
         verdict(len(mutants) >= 2, f"{len(mutants)} wrong solutions kept as test data (at least 2)")
-        for k, m in enumerate(mutants):
-            try:
-                r = grade(a.id, _mutant(a, repo, m, tmp / f"mutant-{k}"), repo=repo)
-            except AssertionError as e:
-                verdict(False, str(e))
+        for m, r in zip(mutants, mutant_reports, strict=True):
+            if isinstance(r, AssertionError):
+                verdict(False, str(r))
                 continue
             caught = [x.name.split("::")[-1] for x in r.graded if x.status != "passed"]
             verdict(r.score < r.max_score, f"wrong solution '{m[3]}' scores {r.score:g}/{r.max_score:g}"
@@ -178,13 +193,15 @@ def check_assignment(a, repo: Path, say=print) -> list[str]:
     return problems
 
 
-def check(ids=None, repo=None, say=print) -> list[str]:
-    """Check the given assignments (default: every enabled one). Returns every problem found."""
+def check(ids=None, repo=None, say=print, jobs=None) -> list[str]:
+    """Check the given assignments (default: every enabled one), grading ``jobs`` submissions at a time
+    (default: 2, or 1 on a one-core machine). Returns every problem found."""
+    jobs = jobs or min(2, os.cpu_count() or 1)
     repo = Path(repo or repository_root())
     todo = [catalogue.get(i) for i in ids] if ids else catalogue.enabled()
     problems = []
     t0 = time.perf_counter()
     for a in todo:
-        problems += check_assignment(a, repo, say)
+        problems += check_assignment(a, repo, say, jobs)
     say(f"classroom check: {len(todo)} assignments, {len(problems)} problems, {time.perf_counter() - t0:.0f} s")
     return problems

@@ -114,5 +114,9 @@ def _first_line(report):
         text = str(longrepr or "")
         lines = [ln for ln in text.splitlines() if ln.startswith("E ")] or text.splitlines()[-1:]
         text = lines[0][1:].strip() if lines and lines[0].startswith("E ") else (lines[0] if lines else "")
-    text = text.strip().splitlines()[0] if text.strip() else ""
-    return text[:300]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    # 'AssertionError:' alone says nothing: NumPy's assert_allclose puts the reason on the next lines.
+    short = lines[0] if not lines[0].endswith(":") else "; ".join(lines[:4]).replace(":;", ":", 1)
+    return short[:300]

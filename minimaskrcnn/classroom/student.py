@@ -54,13 +54,13 @@ python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt
 ```
 
 The second command runs the visible tests of {a.id}. Before you start they all fail with
-`NotImplementedError: {a.id}: ...`; other parts' tests keep passing. Add `-x -q` to stop at the first
-failure; the gradient checks print the relative error they found.
+`NotImplementedError: {a.id}: ...`; other parts' tests keep passing. Add `-x` to stop at the first
+failure; each failing assertion says what was expected and what your code gave.
 
 ## What "done" looks like
 Every test of the command above passes. The grader also runs hidden tests of the same functions (other
 shapes, edge cases), so a solution written for the visible cases only will lose points: check your
-functions on your own inputs too (the notebook shows how, with `minimaskrcnn.nn.gradcheck`).
+functions on your own inputs too (for gradients, `minimaskrcnn.nn.gradcheck.check_gradient`).
 
 Then the reward: {REWARD.get(a.id, "the whole detector runs on your code.")}
 
