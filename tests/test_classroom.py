@@ -16,6 +16,9 @@ from minimaskrcnn.classroom.release import ReleaseError, release, strip_notebook
 from minimaskrcnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
+# A student's release has no tests/hidden/ (hidden tests, wrong solutions): it cannot grade or check.
+pytestmark = pytest.mark.skipif(not (REPO / "tests" / "hidden").is_dir(),
+                                reason="a classroom release: the graders' tests/hidden/ is not here")
 
 
 def test_classroom_check_every_assignment():
@@ -38,30 +41,32 @@ def test_catalogue_covers_chapters_and_marks_every_part():
         assert all(h.startswith("tests/hidden/") for h in a.hidden)
 
 
-PY = '''def f(x):
+# Marker lines are spelt {B} / {E} here, so that a release does not take this file's strings for solutions.
+B, E = markers.BEGIN, markers.END
+PY = f'''def f(x):
     """Doc."""
     y = x + 1
-    ### BEGIN SOLUTION
+    {B}
     z = y * 2
-    ### END SOLUTION
+    {E}
     return z
 
 
 class C:
     def g(self):
-        ### BEGIN SOLUTION
+        {B}
         return 3
-        ### END SOLUTION
+        {E}
 '''
 
-CU = '''template <typename T>
-__device__ void k(const int n, T* out) {
-  for (int i = 0; i < n; i++) {
-    // ### BEGIN SOLUTION
+CU = f'''template <typename T>
+__device__ void k(const int n, T* out) {{
+  for (int i = 0; i < n; i++) {{
+    // {B}
     out[i] = (T)i;
-    // ### END SOLUTION
-  }
-}
+    // {E}
+  }}
+}}
 '''
 
 
@@ -75,11 +80,17 @@ def test_markers_strip_put_back_and_errors():
     cu, stubbed = markers.strip_text(CU, "k.cu", {"k": "A0: k"})
     assert 'NOT_IMPLEMENTED("A0: k");' in cu and "out[i] = (T)i;" not in cu and len(stubbed) == 1
     with pytest.raises(markers.MarkerError, match="never closed"):
-        markers.find_regions("def f():\n    ### BEGIN SOLUTION\n    pass\n", "x.py")
+        markers.find_regions(f"def f():\n    {B}\n    pass\n", "x.py")
     with pytest.raises(markers.MarkerError, match="without a BEGIN"):
-        markers.find_regions("def f():\n    ### END SOLUTION\n    pass\n", "x.py")
+        markers.find_regions(f"def f():\n    {E}\n    pass\n", "x.py")
     with pytest.raises(markers.MarkerError, match="not valid Python"):
         markers.find_regions("def f(:\n", "x.py")
+
+
+def test_notebook_scripts_answer_keys_are_stubbed():
+    script = f'''NB.code("""\nx = 1\n{B}\nanswer = 42\n{E}\n""")\n'''
+    out = markers.stub_every_region(script, "# YOUR CODE HERE\nraise NotImplementedError()")
+    assert out == 'NB.code("""\nx = 1\n# YOUR CODE HERE\nraise NotImplementedError()\n""")\n'
 
 
 def test_notebook_solution_cells_become_stubs():

@@ -154,6 +154,23 @@ def strip_text(text: str, path: str, functions: dict[str, str]) -> tuple[str, li
     return "\n".join(out) + ("\n" if text.endswith("\n") else ""), stubbed
 
 
+def stub_every_region(text: str, stub: str) -> str:
+    """``text`` with every marked region replaced by ``stub`` (at the region's indentation), whatever
+    encloses it: for the notebook generator scripts, whose solution cells sit inside string literals."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        m = _MARK.match(line)
+        if m and m.group(1) == "BEGIN":
+            inside = True
+            indent = re.match(r"\s*", line).group(0)
+            out += [indent + s + "\n" for s in stub.splitlines()]
+        elif m:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "".join(out)
+
+
 def drop_markers(text: str) -> str:
     """``text`` without its marker lines (the solutions stay)."""
     keep = [line for line in text.splitlines(keepends=True) if not is_marker(line)]

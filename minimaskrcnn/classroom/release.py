@@ -82,6 +82,8 @@ def _release_text(a, rel: str, text: str, parts: dict[str, list[str]]) -> tuple[
     """The released text of one source file and the number of regions stubbed."""
     if rel.endswith(".ipynb"):
         return strip_notebook(text), 0
+    if rel.startswith("tools/make_notebook_"):   # answer keys live in the scripts too: stub them alike
+        return markers.stub_every_region(text, NOTEBOOK_STUB), 0
     if not any(markers.is_marker(line) for line in text.splitlines()):
         return text, 0
     functions = {q: a.stub_message(q) for q in parts.get(rel, [])}
