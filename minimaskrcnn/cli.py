@@ -1,5 +1,5 @@
-"""``python -m minimaskrcnn demo | train | evaluate | predict``: parses the command line and calls
-:mod:`minimaskrcnn.engine` (``engine.run`` holds the building blocks).
+"""``python -m minimaskrcnn demo | train | evaluate | predict | classroom``: parses the command line and calls
+:mod:`minimaskrcnn.engine` (``engine.run`` holds the building blocks) or :mod:`minimaskrcnn.classroom`.
 
 Errors a user can cause (a malformed annotation file, a missing image, a bad checkpoint, a diverged
 run, an output folder that holds a run or cannot be written) end with one line naming the file and the
@@ -156,10 +156,23 @@ def make_parser():
     r.add_argument("--config", default=None)
     r.add_argument("--num-classes", type=int, default=None)
     common(r)
+
+    from .classroom.cli import add_parser as add_classroom_parser
+    add_classroom_parser(sub, common)
     return p
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_classroom(args):
+    from .classroom import ClassroomError
+    from .classroom.cli import run
+    try:
+        return run(args)
+    except ClassroomError as e:
+        raise UserError(str(e)) from None
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "classroom": cmd_classroom}
 
 
 def main(argv=None) -> int:

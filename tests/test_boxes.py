@@ -117,6 +117,7 @@ def test_check_boxes_unordered_allowed_when_asked():
 
 # ---------------------------------------------------------------- BoxCoder
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_encode_by_hand():
     proposal = np.array([[0.0, 0.0, 10.0, 10.0]])  # centre (5, 5), size 10 x 10
     gt = np.array([[2.0, 4.0, 12.0, 24.0]])        # centre (7, 14), size 10 x 20
@@ -126,6 +127,7 @@ def test_encode_by_hand():
                                [[2.0, 9.0, 0.0, 5 * math.log(2)]], rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.assignment(id="A4", points=1)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("weights", [(1, 1, 1, 1), (10, 10, 5, 5)])
 def test_encode_decode_round_trip(rng, weights, device):
@@ -139,6 +141,7 @@ def test_encode_decode_round_trip(rng, weights, device):
                                rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_decode_clips_large_size_deltas():
     box = np.array([[0.0, 0.0, 10.0, 20.0]])
     out = BoxCoder((1, 1, 1, 1)).decode(np.array([[0.0, 0.0, 100.0, -1.0]]), box)
@@ -148,6 +151,7 @@ def test_decode_clips_large_size_deltas():
     assert np.isfinite(BoxCoder((10, 10, 5, 5)).decode(np.array([[0, 0, 1e4, 1e4]]), box)).all()
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_decode_class_specific_layout():
     proposals = np.array([[0.0, 0.0, 10.0, 10.0], [10.0, 20.0, 30.0, 60.0]])
     codes = np.zeros((2, 3 * 4))
@@ -161,6 +165,7 @@ def test_decode_class_specific_layout():
     np.testing.assert_allclose(per_class[:, 2], [[-5, 0, 15, 10], [0, 20, 40, 60]], rtol=1e-15, atol=1e-14)
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_decode_empty():
     assert BoxCoder().decode(np.zeros((0, 8)), np.zeros((0, 4))).shape == (0, 8)
     assert BoxCoder().encode(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0, 4)

@@ -233,6 +233,7 @@ def test_upsample_nearest_copies_the_pixels_pytorch_copies(torch_nearest):
     np.testing.assert_array_equal(ref.upsample_nearest_naive(x, 82, 82), F.upsample_nearest_forward(x, (82, 82))[0])
 
 
+@pytest.mark.assignment(id="A2", points=2)
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 4, 5)])
 def test_batch_norm_training(shape, rng):
     x = rng.standard_normal(shape) * 2 + 1
@@ -243,6 +244,7 @@ def test_batch_norm_training(shape, rng):
              ("x", "gamma", "beta"), rng)
 
 
+@pytest.mark.assignment(id="A2", points=2)
 def test_batch_norm_running_statistics_and_eval(rng):
     x = rng.standard_normal((6, 3, 2, 2)) * 3 + 2
     rm, rv = np.zeros(3), np.ones(3)
@@ -260,6 +262,7 @@ def test_batch_norm_running_statistics_and_eval(rng):
              (x, g, b), ("x", "gamma", "beta"), rng)
 
 
+@pytest.mark.assignment(id="A2", points=1)
 def test_frozen_batch_norm(rng):
     x = rng.standard_normal((2, 3, 4, 4))
     w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)

@@ -46,6 +46,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, trai
     """
     op = "batch_norm_forward"
     _check_affine(x, op, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    ### BEGIN SOLUTION
     xp = get_xp(x)
     shape, axes = _channel_shape(x), _reduce_axes(x)
     if training:
@@ -67,6 +68,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, trai
     xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
     out = xhat * gamma.reshape(shape) + beta.reshape(shape)
     return out, (xhat, gamma, inv_std, training)
+    ### END SOLUTION
 
 
 def batch_norm_backward(dout, cache):
@@ -76,6 +78,7 @@ def batch_norm_backward(dout, cache):
     ``dx = inv_std / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))`` with ``dxhat = dout * gamma``.
     Returns (dx, dgamma, dbeta).
     """
+    ### BEGIN SOLUTION
     xhat, gamma, inv_std, training = cache
     shape, axes = _channel_shape(dout), _reduce_axes(dout)
     dgamma = (dout * xhat).sum(axis=axes)
@@ -87,6 +90,7 @@ def batch_norm_backward(dout, cache):
     dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)
           - xhat * (dxhat * xhat).sum(axis=axes).reshape(shape)) * (inv_std / m).reshape(shape)
     return dx, dgamma, dbeta
+    ### END SOLUTION
 
 
 def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, eps=1e-5):
@@ -98,16 +102,20 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, eps=1e
     """
     _check_affine(x, "frozen_batch_norm_forward", weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    ### BEGIN SOLUTION
     xp = get_xp(x)
     shape = _channel_shape(x)
     scale = weight * (1.0 / xp.sqrt(running_var + eps))
     shift = bias - running_mean * scale
     return x * scale.reshape(shape) + shift.reshape(shape), scale.reshape(shape)
+    ### END SOLUTION
 
 
 def frozen_batch_norm_backward(dout, cache):
     """``dx = dout * scale``."""
+    ### BEGIN SOLUTION
     return dout * cache
+    ### END SOLUTION
 
 
 def group_norm_forward(x, gamma, beta, num_groups, eps=1e-5):

@@ -150,6 +150,7 @@ class BoxCoder:
         reference_boxes = reference_boxes.astype(dtype, copy=False)
         proposals = proposals.astype(dtype, copy=False)
 
+        ### BEGIN SOLUTION
         ex_widths = proposals[:, 2] - proposals[:, 0]
         ex_heights = proposals[:, 3] - proposals[:, 1]
         ex_ctr_x = proposals[:, 0] + 0.5 * ex_widths
@@ -165,6 +166,7 @@ class BoxCoder:
         dw = ww * xp.log(gt_widths / ex_widths)
         dh = wh * xp.log(gt_heights / ex_heights)
         return xp.stack((dx, dy, dw, dh), axis=1)
+        ### END SOLUTION
 
     def decode(self, rel_codes, boxes):
         """Apply predicted deltas to reference boxes (the inverse of :meth:`encode`).
@@ -189,6 +191,7 @@ class BoxCoder:
         xp = get_xp(rel_codes, boxes)
         boxes = boxes.astype(rel_codes.dtype, copy=False)
 
+        ### BEGIN SOLUTION
         widths = boxes[:, 2] - boxes[:, 0]
         heights = boxes[:, 3] - boxes[:, 1]
         ctr_x = boxes[:, 0] + 0.5 * widths
@@ -208,6 +211,7 @@ class BoxCoder:
         out = xp.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
                        axis=2)  # (K, C, 4)
         return out.reshape(rel_codes.shape)
+        ### END SOLUTION
 
 
 def clip_boxes_to_image(boxes, size):

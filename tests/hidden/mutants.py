@@ -1,0 +1,72 @@
+"""Typical wrong solutions, kept as test data: ``classroom check`` puts each into a copy of the solution and
+requires it to score below full marks, so the graded tests provably tell right from wrong.
+
+Each entry is ``(file, snippet of the solution, wrong replacement, what a student got wrong)``; the
+snippet must occur exactly once in the file and inside the assignment's solution regions. This folder is
+the graders' (never released): the snippets are solution code.
+"""
+
+NORM, FPN = "minimaskrcnn/nn/norm.py", "minimaskrcnn/model/fpn.py"
+ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
+KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
+COCO_AP = "minimaskrcnn/engine/coco_ap.py"
+
+MUTANTS = {
+    "A2": [
+        (NORM, "    dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)\n",
+         "    dx = (m * dxhat\n", "BN backward without the mean term"),
+        (NORM, "running_var += momentum * var * (m / (m - 1))", "running_var += momentum * var",
+         "running variance updated with the biased batch variance"),
+        (NORM, "scale = weight * (1.0 / xp.sqrt(running_var + eps))", "scale = weight * (1.0 / xp.sqrt(running_var))",
+         "frozen BN without eps"),
+    ],
+    "A3": [
+        (FPN, "d_inner[k + 1] = d_inner[k + 1] + upsample_nearest_backward(d_inner[k], ups[k])",
+         "d_inner[k + 1] = upsample_nearest_backward(d_inner[k], ups[k])",
+         "the upsampled gradient overwrites the level's own instead of adding to it"),
+        (FPN, "        for k in range(n - 1):\n", "        for k in reversed(range(n - 1)):\n",
+         "top-down backward from coarse to fine: a level passes on its gradient before it is complete"),
+        (FPN, "inner[k] = lateral + top_down", "inner[k] = lateral",
+         "no top-down signal: every level sees only its own lateral"),
+    ],
+    "A4": [
+        (ANCHORS, "h_ratios = np.sqrt(aspect_ratios)", "h_ratios = 1 / np.sqrt(aspect_ratios)",
+         "aspect ratio taken as width / height"),
+        (ANCHORS, "np.arange(grid_h) * stride_h, np.arange(grid_w) * stride_w",
+         "(np.arange(grid_h) + 0.5) * stride_h, (np.arange(grid_w) + 0.5) * stride_w",
+         "anchors centred on the cell centres (half-stride offset) instead of torchvision's corners"),
+        (BOXES, "dw = ww * xp.log(gt_widths / ex_widths)", "dw = xp.log(gt_widths / ex_widths)",
+         "encode forgets the size weights"),
+        (BOXES, "half_w = 0.5 * (xp.exp(dw) * widths[:, None])", "half_w = xp.exp(dw) * widths[:, None]",
+         "decode adds the whole width on each side"),
+    ],
+    "A7": [
+        (KERNEL, "        atomicAdd(plane + y1 * width + x1, grad * w4 / divisor);\n", "",
+         "backward forgets the fourth bilinear neighbour"),
+        (KERNEL, "    T divisor = g.count;", "    T divisor = (T)1.0;",
+         "avg mode not divided by the number of sample points"),
+        (KERNEL, "atomicAdd(plane + y0 * width + x1, grad * w2 / divisor);",
+         "atomicAdd(plane + y1 * width + x0, grad * w2 / divisor);",
+         "the top-right weight sent to the bottom-left neighbour"),
+    ],
+    "A10": [
+        (COCO_AP, "if ious[d, g] < best_iou:", "if ious[d, g] <= best_iou:",
+         "an IoU equal to the threshold does not match"),
+        (COCO_AP, "        gt_taken[m] = True\n", "",
+         "a ground-truth box can be matched twice: duplicates count as true positives"),
+        (COCO_AP, "return np.maximum.accumulate(precision[::-1])[::-1].copy()", "return precision.copy()",
+         "no precision envelope (the raw zig-zag curve is sampled)"),
+        (COCO_AP, 'idx = np.searchsorted(recall, recall_thresholds, side="left")',
+         'idx = np.searchsorted(recall, recall_thresholds, side="right")',
+         "a recall point is read after the detection that reaches it"),
+    ],
+    "A9": [
+        (OPTIM, "                g = g + self.weight_decay * p.data\n",
+         "                p.data -= self.lr * self.weight_decay * p.data\n",
+         "weight decay applied outside the momentum buffer"),
+        (OPTIM, "drops = sum(1 for s in self.steps if it >= s)", "drops = sum(1 for s in self.steps if it > s)",
+         "learning rate drops one iteration late (> instead of >=)"),
+        (OPTIM, "factor = self.warmup_factor * (1 - alpha) + alpha", "factor = self.warmup_factor * alpha",
+         "warm-up that starts from zero instead of warmup_factor"),
+    ],
+}
