@@ -247,3 +247,26 @@ def test_training_with_a_resume_and_evaluation_on_the_device_equal_numpy(cp, sha
     for a, b in zip(p0, p1):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ---- syncs ---------------------------------------------------------------------------------------------
+def test_the_trainers_gradient_check_reads_back_once_and_names_the_bad_parameter(cp):
+    from minimaskrcnn.engine.trainer import Trainer, TrainingDiverged
+    from minimaskrcnn.model import build_model
+
+    images, targets = _scenes()
+    model = build_model(config.tiny(num_classes=3, min_size=64, max_size=64)).to("cuda")
+    trainer = Trainer(model, loader=None, out_dir=".", max_iters=2, progress=False)
+    with cp.counting() as stats:
+        trainer.step(images, targets)
+    in_trainer = {k: n for k, n in stats.where["syncs"].items() if k.startswith("minimaskrcnn/engine/trainer.py")}
+    assert sum(in_trainer.values()) == 1, in_trainer     # was one per parameter (98)
+    name = "roi_heads.box_head.fc6.weight"
+    backward = model.backward
+
+    def poisoned():
+        backward()
+        dict(model.named_parameters())[name].grad[0, 0] = np.nan
+    model.backward = poisoned
+    with pytest.raises(TrainingDiverged, match=rf"the gradient of {name} is not finite \(1 parameters"):
+        trainer.step(images, targets)

@@ -67,11 +67,15 @@ class Stats:
         self.where[kind][_caller()] += 1
 
 
+_ABSPATHS: dict = {}
+
+
 def _caller() -> str:
     """``file:line`` of the innermost frame in minimaskrcnn outside this module and backend.py."""
     f = sys._getframe(2)
     while f is not None:
-        name = f.f_code.co_filename
+        name = _ABSPATHS.get(f.f_code.co_filename) or _ABSPATHS.setdefault(f.f_code.co_filename,
+                                                                              os.path.abspath(f.f_code.co_filename))
         if name.startswith(_PACKAGE) and not name.startswith(_HERE) and not name.endswith("backend.py"):
             return f"{os.path.relpath(name, os.path.dirname(_PACKAGE))}:{f.f_lineno}"
         f = f.f_back
