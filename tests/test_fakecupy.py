@@ -270,3 +270,28 @@ def test_the_trainers_gradient_check_reads_back_once_and_names_the_bad_parameter
     model.backward = poisoned
     with pytest.raises(TrainingDiverged, match=rf"the gradient of {name} is not finite \(1 parameters"):
         trainer.step(images, targets)
+
+
+@pytest.mark.parametrize("max_keep", [None, 7])
+@pytest.mark.parametrize("thr", [0.3, 0.7])
+def test_nms_on_the_device_keeps_what_numpy_keeps_and_reads_back_once(cp, monkeypatch, thr, max_keep):
+    from minimaskrcnn.ops import boxes as B
+
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 50, (300, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0, 30, (300, 2))], axis=1).astype(np.float32)
+    boxes[:5, 2:] = boxes[:5, :2]                       # zero-area boxes: IoU 0/0 = NaN never suppresses
+    scores = rng.integers(0, 40, 300).astype(np.float32)  # many ties
+    idxs = rng.integers(0, 3, 300)
+    host = B.nms(boxes, scores, thr, max_keep), B.batched_nms(boxes, scores, idxs, thr, max_keep)
+    small_blocks = B._greedy_nms_on_host.__defaults__[:-1] + (4096,)   # several row blocks
+    monkeypatch.setattr(B._greedy_nms_on_host, "__defaults__", small_blocks)
+    d = [to_device(a, "cuda") for a in (boxes, scores, idxs)]
+    with cp.counting() as stats:
+        device = B.nms(d[0], d[1], thr, max_keep), B.batched_nms(d[0], d[1], d[2], thr, max_keep)
+    for a, b in zip(host, device):
+        assert is_cupy(b)
+        np.testing.assert_array_equal(a, to_numpy(b))
+    assert len(host[0]) > 20 or max_keep
+    total = stats.total()
+    assert total["hidden_syncs"] + total["syncs"] + total["to_host"] <= 12, total   # was one per kept box

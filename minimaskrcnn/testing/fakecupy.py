@@ -372,7 +372,7 @@ _FUNCTIONS = _CREATION | _SEQUENCE | _SYNCING | {
     "broadcast_to", "pad", "repeat", "tile", "argsort", "argpartition", "sort", "cumsum", "sum", "prod", "mean",
     "max", "min", "amax", "amin", "argmax", "argmin", "all", "any", "clip", "reshape", "transpose", "ravel",
     "expand_dims", "squeeze", "moveaxis", "flip", "nan_to_num", "count_nonzero", "searchsorted", "meshgrid",
-    "einsum", "tensordot", "dot", "diff", "round"}
+    "einsum", "tensordot", "dot", "diff", "round", "packbits"}
 # ufuncs (operands: device arrays and scalars)
 _UFUNCS = {"add", "subtract", "multiply", "divide", "true_divide", "floor_divide", "power", "maximum",
            "minimum", "fmax", "fmin", "exp", "log", "log2", "log1p", "expm1", "sqrt", "square", "abs", "absolute",
