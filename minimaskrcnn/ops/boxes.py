@@ -34,7 +34,13 @@ def check_boxes(boxes, name: str = "boxes", ordered: bool = True) -> None:
     if boxes.shape[0] == 0:
         return
     xp = get_xp(boxes)
-    if np.issubdtype(boxes.dtype, np.floating) and bool(xp.isnan(boxes).any()):
+    floating = np.issubdtype(boxes.dtype, np.floating)
+    flags = [xp.isnan(boxes).any()] if floating else []
+    if ordered:
+        flags.append(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any())
+    if not flags or not bool(xp.stack(flags).any()):      # one read-back for both checks (a wait on a GPU)
+        return
+    if floating and bool(xp.isnan(boxes).any()):
         raise ValueError(f"{name} contains NaN coordinates (shape {tuple(boxes.shape)})")
     if ordered and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
         bad = int(xp.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0])
