@@ -295,3 +295,32 @@ def test_nms_on_the_device_keeps_what_numpy_keeps_and_reads_back_once(cp, monkey
     assert len(host[0]) > 20 or max_keep
     total = stats.total()
     assert total["hidden_syncs"] + total["syncs"] + total["to_host"] <= 12, total   # was one per kept box
+
+
+# ---- the GPU check's own code paths --------------------------------------------------------------------
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).parents[1] / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler")
+def test_gpu_checks_timing_runs_on_the_stand_in(cp):
+    roi_align_timing = _gpu_check().roi_align_timing
+
+    t = roi_align_timing(cp, lambda: None, repeat=1, rois=5, channels=3, size=(12, 10), torch_too=False)
+    assert t["kernel_vs_numpy_max_abs_diff"] < 1e-5
+    assert t["kernel"]["forward_s"] > 0 and t["numpy"]["backward_s"] > 0 and "not run" in t["torchvision"]
+
+
+def test_gpu_check_without_a_gpu_says_what_it_needs(capsys):
+    main = _gpu_check().main
+
+    if backend.cupy_available():
+        pytest.skip("a GPU is here: run the check itself")
+    assert main(["--skip", "tests,demo,timing"]) == 2
+    assert "CuPy with a CUDA device is needed" in capsys.readouterr().out

@@ -30,9 +30,6 @@ any other attribute raises ``AttributeError`` saying so.
 """
 from __future__ import annotations
 
-import collections
-import contextlib
-import os
 import sys
 from types import SimpleNamespace
 
@@ -41,55 +38,7 @@ import numpy as np
 __all__ = ["ndarray", "asarray", "array", "asnumpy", "get_array_module", "RawKernel", "cupyx", "stats",
            "counting"]
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_PACKAGE = os.path.dirname(_HERE)
-
-
-class Stats:
-    """Host-device traffic: ``to_host``, ``to_device``, ``syncs`` (by the caller), ``hidden_syncs`` (inside
-    CuPy functions), each a count and a Counter of the package's source lines that caused them."""
-
-    KINDS = ("to_host", "to_device", "syncs", "hidden_syncs")
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.where = {k: collections.Counter() for k in self.KINDS}
-
-    def __getitem__(self, kind):
-        return sum(self.where[kind].values())
-
-    def total(self):
-        return {k: self[k] for k in self.KINDS}
-
-    def add(self, kind):
-        self.where[kind][_caller()] += 1
-
-
-_ABSPATHS: dict = {}
-
-
-def _caller() -> str:
-    """``file:line`` of the innermost frame in minimaskrcnn outside this module and backend.py."""
-    f = sys._getframe(2)
-    while f is not None:
-        name = _ABSPATHS.get(f.f_code.co_filename) or _ABSPATHS.setdefault(f.f_code.co_filename,
-                                                                              os.path.abspath(f.f_code.co_filename))
-        if name.startswith(_PACKAGE) and not name.startswith(_HERE) and not name.endswith("backend.py"):
-            return f"{os.path.relpath(name, os.path.dirname(_PACKAGE))}:{f.f_lineno}"
-        f = f.f_back
-    return "<outside minimaskrcnn>"
-
-
-stats = Stats()
-
-
-@contextlib.contextmanager
-def counting():
-    """``with counting() as s:`` resets :data:`stats` and yields it."""
-    stats.reset()
-    yield stats
+from .transfers import Stats, counting, stats  # noqa: F401  (part of the stand-in's interface)
 
 
 def _mixed(what: str, x) -> TypeError:
@@ -142,6 +91,8 @@ def _index(key, what: str):
         if key.dtype == np.bool_:
             stats.add("hidden_syncs")   # the result's size is the number of True values: CuPy reads it back
         return key._a
+    if isinstance(key, list):
+        stats.add("to_device")          # CuPy copies a list index to the device
     if isinstance(key, np.ndarray) and key.ndim > 0:
         raise TypeError(f"{what}: a NumPy array (shape {key.shape}) as the index of a device array; CuPy copies "
                         "it to the device on every call: build the index with xp")
@@ -181,18 +132,11 @@ class ndarray:
 
     def _sync(self, convert):
         stats.add("syncs")
-        if self._a.size != 1 and convert is not bool:
-            raise TypeError("only size-1 device arrays can be converted to Python scalars")
         return convert(self._a)
 
-    def __float__(self):
-        return self._sync(float)
-
-    def __int__(self):
-        return self._sync(int)
-
-    def __bool__(self):
-        return self._sync(bool)
+    __float__ = lambda self: self._sync(float)
+    __int__ = lambda self: self._sync(int)
+    __bool__ = lambda self: self._sync(bool)
 
     def __index__(self):
         if self._a.dtype.kind not in "iub":
@@ -210,14 +154,8 @@ class ndarray:
     __str__ = __repr__
 
     # ---- attributes and methods --------------------------------------------------------------------
-    shape = property(lambda self: self._a.shape)
-    dtype = property(lambda self: self._a.dtype)
-    ndim = property(lambda self: self._a.ndim)
-    size = property(lambda self: self._a.size)
-    itemsize = property(lambda self: self._a.itemsize)
-    nbytes = property(lambda self: self._a.nbytes)
-    strides = property(lambda self: self._a.strides)
-    flags = property(lambda self: self._a.flags)
+    for _name in ("shape", "dtype", "ndim", "size", "itemsize", "nbytes", "strides", "flags"):
+        locals()[_name] = property(lambda self, _name=_name: getattr(self._a, _name))
     T = property(lambda self: ndarray(self._a.T))
 
     def __len__(self):
