@@ -208,7 +208,7 @@ def main(argv=None) -> int:
         what = "the model's outputs are not finite numbers: " if isinstance(e, FloatingPointError) else ""
         every_rank = isinstance(e, (UserError, DistributedError))    # met by every rank alike: say it once
         if launched_rank() == 0 or not every_rank:
-            rank = f"rank {args.comm.rank} of {args.comm.size}: " if args.comm.size > 1 else ""
+            rank = f"rank {args.comm.rank} of {args.comm.size}: " if args.comm.size > 1 and not every_rank else ""
             print(f"minimaskrcnn {args.command}: error: {rank}{what}{e}", file=sys.stderr, flush=True)
         if args.comm.size > 1 and not every_rank:
             args.comm.abort(1)          # the other ranks may be waiting for this one in a collective

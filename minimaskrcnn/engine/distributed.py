@@ -44,6 +44,7 @@ from ..backend import get_xp, is_cupy, to_numpy
 LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 LAUNCHER_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 BUCKET_BYTES = 25 * 2 ** 20       # gradients per Allreduce call (PyTorch DDP's default bucket size)
+_BUILD_LOCK = threading.Lock()
 
 
 class DistributedError(RuntimeError):
@@ -342,3 +343,31 @@ def allreduce_losses(losses: dict, comm) -> dict:
     names = list(losses)      # the same order on every rank: the same code made the dict
     total = comm.allreduce(np.array([losses[k] for k in names], np.float64))
     return {k: float(v) for k, v in zip(names, to_numpy(total))}
+
+
+# ---- a few iterations, for the equivalence tests, notebook 06 and the benchmark -------------------------
+def train_iterations(config, dataset, iters: int, comm=None, threads: int | None = None):
+    """``iters`` iterations of a fresh model on ``dataset``, data-parallel over ``comm`` (None: this process
+    alone), writing no files. Returns (the whole batch's losses of each iteration, the final state_dict as
+    NumPy arrays, the seconds of each iteration): what 1 and N ranks must agree on."""
+    import time
+
+    from ..data.transforms import DataLoader
+    from ..model import build_model
+    from .threads import blas_threads
+    from .trainer import Trainer
+
+    comm = SerialCommunicator() if comm is None else comm
+    split_batch(config.images_per_batch, comm)
+    with _BUILD_LOCK:     # simulated ranks are threads, and the weights' initialisation has a global generator
+        model = distribute_model(build_model(config), comm)
+    loader = DataLoader(dataset, config.images_per_batch, seed=config.seed, hflip_prob=config.hflip_prob,
+                        drop_last=True, shard=(comm.rank, comm.size))
+    trainer = Trainer(model, loader, os.devnull, max_iters=iters, progress=False, comm=comm)
+    losses, seconds = [], []
+    with blas_threads(threads):
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            losses.append(trainer.step(*next(loader)))
+            seconds.append(time.perf_counter() - t0)
+    return losses, {k: to_numpy(v) for k, v in model.state_dict().items()}, seconds

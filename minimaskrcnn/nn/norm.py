@@ -34,6 +34,28 @@ def _check_affine(x, op, **vectors):
                              f"got {tuple(v.shape)}")
 
 
+def batch_statistics(x, comm=None):
+    """Per-channel mean and biased variance of ``x`` over every axis but 1, and the count m per channel.
+
+    Computed from the sums ``[sum x, sum x^2, m]``, accumulated in float64 (``var = E[x^2] - mean^2`` would
+    lose digits in float32) and cast back to x's dtype. With ``comm`` (data-parallel: x is this process's
+    slice of the batch) the sums are added over the processes by one ``comm.allreduce`` first, so the
+    statistics are the whole batch's; the float64 sums differ from one process's only in the order of their
+    additions, so after the cast the statistics are almost always the very same float32 numbers.
+    Returns (mean (C,), var (C,), m).
+    """
+    xp = get_xp(x)
+    axes, C = _reduce_axes(x), x.shape[1]
+    sums = xp.concatenate([x.sum(axis=axes, dtype=np.float64), (x * x).sum(axis=axes, dtype=np.float64),
+                           xp.asarray([x.size // C], dtype=np.float64)])
+    if comm is not None:
+        sums = comm.allreduce(sums)
+    m = float(sums[-1])
+    mean = sums[:C] / max(m, 1.0)
+    var = xp.maximum(sums[C:2 * C] / max(m, 1.0) - mean * mean, 0.0)
+    return mean.astype(x.dtype), var.astype(x.dtype), m
+
+
 def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1,
                        eps=1e-5):
     """``out = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel.
@@ -50,13 +72,12 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, trai
     op = "batch_norm_forward"
     _check_affine(x, op, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     xp = get_xp(x)
-    shape, axes = _channel_shape(x), _reduce_axes(x)
+    shape = _channel_shape(x)
     if training:
         m = x.size // x.shape[1]
         if m < 2:
             raise ValueError(f"{op}: training needs more than one value per channel, got x of shape {tuple(x.shape)}")
-        mean = x.mean(axis=axes)
-        var = x.var(axis=axes)
+        mean, var, _ = batch_statistics(x)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -108,10 +129,10 @@ def sync_batch_norm_forward(x, gamma, beta, comm, running_mean=None, running_var
     images, a different function of the data than one process on the whole batch (and noisier the fewer
     images a process has), so N processes would not train the same model as one.
 
-    How: one ``comm.allreduce`` (a sum over the processes) of ``[sum x, sum x^2, m]`` per channel, accumulated
-    in float64 (``var = E[x^2] - mean^2`` would lose digits in float32), gives the whole batch's mean and
-    biased variance. Running statistics are updated as :func:`batch_norm_forward` does, with the whole
-    batch's m, so they stay equal on every process.
+    How: one ``comm.allreduce`` (a sum over the processes) of ``[sum x, sum x^2, m]`` per channel
+    (:func:`batch_statistics`, as :func:`batch_norm_forward` computes them in one process) gives the whole
+    batch's mean and biased variance. Running statistics are updated as :func:`batch_norm_forward` does,
+    with the whole batch's m, so they stay equal on every process.
 
     Args:
         x: this process's (n, C) or (n, C, H, W) slice. gamma, beta, running_mean, running_var: (C,).
@@ -122,17 +143,10 @@ def sync_batch_norm_forward(x, gamma, beta, comm, running_mean=None, running_var
     op = "sync_batch_norm_forward"
     _check_affine(x, op, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     xp = get_xp(x)
-    shape, axes = _channel_shape(x), _reduce_axes(x)
-    C = x.shape[1]
-    local = xp.concatenate([x.sum(axis=axes, dtype=np.float64), (x * x).sum(axis=axes, dtype=np.float64),
-                            xp.asarray([x.size // C], dtype=np.float64)])
-    total = comm.allreduce(local)
-    m = float(total[-1])
+    shape = _channel_shape(x)
+    mean, var, m = batch_statistics(x, comm)
     if m < 2:
         raise ValueError(f"{op}: training needs more than one value per channel, got {m:g} over the processes")
-    mean64 = total[:C] / m
-    var64 = xp.maximum(total[C:2 * C] / m - mean64 * mean64, 0.0)
-    mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
     if running_mean is not None:
         running_mean *= 1 - momentum
         running_mean += momentum * mean
