@@ -308,3 +308,18 @@ def test_one_failing_rank_breaks_the_others_collectives():
         comm.allreduce(np.ones(3))                # would wait forever for rank 1
     with pytest.raises(ValueError, match="rank 1 failed"):
         run_ranks(rank, 2, timeout=30)
+
+
+def test_ranks_pad_their_images_to_the_whole_batch_size():
+    """Images of other sizes on the two ranks: each pads to the largest over both, as one process pads the
+    whole batch (the anchors and BN statistics depend on the padded size)."""
+    models = [build_model(small_config()) for _ in range(2)]
+
+    def rank(comm):
+        models[comm.rank].comm = comm
+        batch = np.ones((1, 3, 64, 32 if comm.rank == 0 else 96), np.float32)
+        return models[comm.rank].pad_like_whole_batch(batch)
+
+    padded = run_ranks(rank, 2)
+    assert [p.shape for p in padded] == [(1, 3, 64, 96)] * 2
+    assert padded[0][..., :32].all() and not padded[0][..., 32:].any()
