@@ -191,12 +191,12 @@ def main(argv=None) -> int:
 
     args.comm = SerialCommunicator()
     try:
-        if args.command in ("demo", "train"):
-            args.comm = get_communicator()      # mpiexec -n N: data-parallel; else this process alone
         if getattr(args, "device", "cpu") == "cuda":
             from .backend import cupy_available
             if not cupy_available():
                 raise UserError("--device cuda needs CuPy and a CUDA GPU (pip install cupy-cuda12x)")
+        if args.command in ("demo", "train"):   # mpiexec -n N: data-parallel; else this process alone
+            args.comm = get_communicator(gpu=args.device == "cuda")
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         with blas_threads(args.threads):

@@ -218,15 +218,16 @@ def launched_rank() -> int:
     return 0
 
 
-def get_communicator():
+def get_communicator(gpu: bool = False):
     """The communicator of this run: :class:`SerialCommunicator` unless a launcher (``mpiexec``, ``srun``)
-    started several processes, then mpi4py's ``COMM_WORLD``. One-line errors if mpi4py is missing or sees
-    fewer processes than the launcher started (mpi4py built against another MPI than that ``mpiexec``)."""
+    started several processes, then mpi4py's ``COMM_WORLD`` (``gpu``: with NCCL for CuPy arrays). One-line
+    errors if mpi4py is missing or sees fewer processes than the launcher started (mpi4py built against
+    another MPI than that ``mpiexec``)."""
     n, var = launched_size()
     if n == 1:
         return SerialCommunicator()
     try:
-        comm = MPICommunicator()
+        comm = NCCLCommunicator() if gpu else MPICommunicator()
     except ImportError:
         raise DistributedError(f"started as one of {n} processes ({var}={n}) but mpi4py is not installed: "
                                "pip install -e .[mpi] (or build mpi4py against your cluster's MPI: see the "
