@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy, to_numpy
+from ..backend import get_module_for_device, get_xp, is_cupy, to_numpy
 
 # Environment variables by which launchers tell a process how many were started: MPICH / Intel MPI (PMI),
 # Open MPI, MVAPICH, Slurm's srun. mpi4py is imported only when one of them says more than one.
@@ -109,9 +109,8 @@ class NCCLCommunicator(MPICommunicator):
 
     def __init__(self, comm=None):
         super().__init__(comm)
-        import cupy
-        from cupy.cuda import nccl
-
+        cupy = get_module_for_device("cuda")     # the package imports CuPy in backend.py only
+        nccl = cupy.cuda.nccl
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_rank()
         cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
         uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None)
