@@ -4,6 +4,11 @@
 Errors a user can cause (a malformed annotation file, a missing image, a bad checkpoint, a diverged
 run, an output folder that holds a run or cannot be written) end with one line naming the file and the
 problem and a non-zero exit code; ``--debug`` shows the traceback instead.
+
+``demo`` and ``train`` run data-parallel when started by ``mpiexec -n N`` (or ``srun``): see
+:mod:`minimaskrcnn.engine.distributed`. Rank 0 prints and writes; an error that every rank meets alike
+(options, set-up) is printed once and every rank exits; an error of one rank (its data, a NaN, a failed
+write) is printed with the rank's number and ends every rank through MPI's abort, so none waits forever.
 """
 from __future__ import annotations
 
@@ -24,26 +29,35 @@ def cmd_demo(args):
     from .engine.run import (check_run_folder, open_dataset, resume_config, run_config, save_plots, train_model,
                              writable_folder)
 
+    comm = args.comm
+    main_rank = comm.rank == 0
+    say = _printer(comm)
     check_run_folder(args.out, args.resume, args.force)
     writable_folder(args.out)
-    root = ensure_shapes_dataset(args.data, num_train=args.num_train, num_val=args.num_val, progress=True,
-                                 report=print)
+    if main_rank:        # one rank generates the data; the others wait, then find it complete
+        root = ensure_shapes_dataset(args.data, num_train=args.num_train, num_val=args.num_val, progress=True,
+                                     report=say)
+    comm.barrier()
+    if not main_rank:
+        root = ensure_shapes_dataset(args.data, num_train=args.num_train, num_val=args.num_val, progress=False)
     train_set, val_set = open_dataset(root, "train"), open_dataset(root, "val")
     if args.resume:
         config, _ = resume_config(Path(args.out) / "last.npz", train_set.class_names, iters=args.iters)
     else:
         config = run_config(train_set.class_names, "tiny", iters=args.iters)
-    print(f"data: {root} ({train_set.summary()})")
-    print(f"training the 'tiny' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
+    say(f"data: {root} ({train_set.summary()})")
+    say(f"training the 'tiny' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
     model, trainer = train_model(config, train_set, args.out, args.device, resume=args.resume,
-                                 checkpoint_every=args.checkpoint_every)
+                                 checkpoint_every=args.checkpoint_every, comm=comm)
+    if not main_rank:    # rank 0 evaluates and draws
+        return
     metrics, evaluator, preds = evaluate_model(model, val_set, out_dir=args.out, keep_masks=8)
     files = save_plots(args.out, model, val_set, trainer.log, evaluator, preds)
     with open(Path(args.out) / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
-    print(f"\nmask AP {metrics['segm']['AP']:.3f} (AP50 {metrics['segm']['AP50']:.3f}, "
-          f"AP75 {metrics['segm']['AP75']:.3f}); box AP {metrics['bbox']['AP']:.3f}")
-    print("wrote " + ", ".join(str(f) for f in files))
+    say(f"\nmask AP {metrics['segm']['AP']:.3f} (AP50 {metrics['segm']['AP50']:.3f}, "
+        f"AP75 {metrics['segm']['AP75']:.3f}); box AP {metrics['bbox']['AP']:.3f}")
+    say("wrote " + ", ".join(str(f) for f in files))
 
 
 def cmd_train(args):
@@ -62,8 +76,13 @@ def cmd_train(args):
     else:
         config, changes = run_config(train_set.class_names, **options), None
     train_model(config, train_set, args.out, args.device, resume=args.resume, eval_set=val_set,
-                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, overrides=changes)
-    print(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
+                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, overrides=changes, comm=args.comm)
+    _printer(args.comm)(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
+
+
+def _printer(comm):
+    """``print`` on rank 0, nothing on the other ranks (one copy of every message)."""
+    return print if comm.rank == 0 else (lambda *args, **kwargs: None)
 
 
 def cmd_evaluate(args):
@@ -180,26 +199,41 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     from .data.coco import DatasetError
     from .engine.checkpoint import CheckpointError
+    from .engine.distributed import DistributedError, SerialCommunicator, get_communicator, launched_rank
     from .engine.threads import blas_threads
     from .engine.trainer import TrainingDiverged
 
+    args.comm = SerialCommunicator()
     try:
         if getattr(args, "device", "cpu") == "cuda":
             from .backend import cupy_available
             if not cupy_available():
                 raise UserError("--device cuda needs CuPy and a CUDA GPU (pip install cupy-cuda12x)")
+        if args.command in ("demo", "train"):   # mpiexec -n N: data-parallel; else this process alone
+            args.comm = get_communicator(gpu=args.device == "cuda")
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         with blas_threads(args.threads):
             COMMANDS[args.command](args)
-    except (UserError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError,
-            FloatingPointError) as e:
-        if getattr(args, "debug", False):
+    except (UserError, DistributedError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError,
+            FileExistsError, FloatingPointError) as e:
+        if getattr(args, "debug", False) and args.comm.size == 1:
             raise
         what = "the model's outputs are not finite numbers: " if isinstance(e, FloatingPointError) else ""
-        print(f"minimaskrcnn {args.command}: error: {what}{e}", file=sys.stderr)
+        every_rank = isinstance(e, (UserError, DistributedError))    # met by every rank alike: say it once
+        if launched_rank() == 0 or not every_rank:
+            rank = f"rank {args.comm.rank} of {args.comm.size}: " if args.comm.size > 1 and not every_rank else ""
+            print(f"minimaskrcnn {args.command}: error: {rank}{what}{e}", file=sys.stderr, flush=True)
+        if args.comm.size > 1 and not every_rank:
+            args.comm.abort(1)          # the other ranks may be waiting for this one in a collective
         return 1
     except KeyboardInterrupt:
         print(f"\nminimaskrcnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if args.comm.size > 1:      # a bug on one rank: show it, then end every rank instead of a hang
+            import traceback
+            traceback.print_exc()
+            args.comm.abort(1)
+        raise
     return 0
