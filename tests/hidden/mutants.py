@@ -15,7 +15,8 @@ MUTANTS = {
     "A2": [
         (NORM, "    dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)\n",
          "    dx = (m * dxhat\n", "BN backward without the mean term"),
-        (NORM, "running_var += momentum * var * (m / (m - 1))", "running_var += momentum * var",
+        (NORM, "\n            running_var += momentum * var * (m / (m - 1))",   # batch_norm_forward's (SyncBN has one too)
+         "\n            running_var += momentum * var",
          "running variance updated with the biased batch variance"),
         (NORM, "scale = weight * (1.0 / xp.sqrt(running_var + eps))", "scale = weight * (1.0 / xp.sqrt(running_var))",
          "frozen BN without eps"),
