@@ -56,8 +56,19 @@ INDEPENDENT = ("tests/test_roi_ops.py::test_round_half_away_from_zero",
 CATALOGUE: tuple[Assignment, ...] = (
     Assignment(
         "A1", "Convolution as im2col + GEMM, forward and backward", "01_layers_and_gradients.ipynb",
-        "Mask R-CNN §3 (the backbone's convolutions)", parts=(), tests=(), enabled=False, difficulty="medium",
-        minutes=120, note="waits for the plain im2col path to be split out of conv2d_forward"),
+        "Mask R-CNN §3 (the backbone's and heads' convolutions); CS231n's im2col",
+        parts=("minimaskrcnn/nn/conv.py::im2col", "minimaskrcnn/nn/conv.py::col2im",
+               "minimaskrcnn/nn/conv.py::conv2d_forward_im2col", "minimaskrcnn/nn/conv.py::conv2d_backward_im2col"),
+        tests=("tests/test_layers.py",), hidden=("tests/hidden/test_a1_conv.py",),
+        goals=("a convolution is one matrix product once every receptive field is a column (im2col)",
+               "stride, padding, dilation and groups as index arithmetic on the columns",
+               "the backward pass is two more products, and col2im (the adjoint of im2col) adds overlapping "
+               "windows back up"),
+        prerequisites=("notebook 01 §1 'Convolution is a matrix product in disguise' and §3 'Gradient checking'",
+                       "nn/reference.py's conv2d_naive: the definition, as loops"),
+        minutes=120, difficulty="medium",
+        independent=("tests/test_layers.py::test_conv2d_forward_matches_loops[case0]",
+                     "tests/test_layers.py::test_conv2d_gradients[case0]") + INDEPENDENT[1:]),
     Assignment(
         "A2", "Batch normalisation (training mode) and frozen BN", "01_layers_and_gradients.ipynb",
         "Ioffe & Szegedy 2015; Mask R-CNN §3.1 (frozen BN in the backbone)",

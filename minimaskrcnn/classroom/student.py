@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 REWARD = {
+    "A1": "Your im2col and col2im run every strided convolution of the ResNet, the max pool, and the mask head's "
+          "2x2 transposed convolution (its backward pass); stride-1 convolutions take the library's row-shift "
+          "path, which must give your numbers (tests/test_layers.py compares the two): "
+          "`python -m minimaskrcnn demo --iters 300` trains the whole Mask R-CNN through your code.",
     "A2": "Your batch norm is the one every ResNet block of the detector uses (frozen BN in the backbone, "
           "trainable BN where a config asks for it): `python -m minimaskrcnn demo --iters 300` trains the whole "
           "Mask R-CNN through your code.",

@@ -10,8 +10,20 @@ NORM, FPN = "minimaskrcnn/nn/norm.py", "minimaskrcnn/model/fpn.py"
 ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
 KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
 COCO_AP = "minimaskrcnn/engine/coco_ap.py"
+CONV = "minimaskrcnn/nn/conv.py"
 
 MUTANTS = {
+    "A1": [
+        (CONV, "win = as_strided(x, (N, C, kh, kw, Ho, Wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))",
+         "win = as_strided(x, (N, kh, kw, C, Ho, Wo), (s0, s2 * dh, s3 * dw, s1, s2 * sh, s3 * sw))",
+         "im2col with the wrong row order: kernel taps outside, channels inside"),
+        (CONV, "out[:, :, y0:y0 + sh * (Ho - 1) + 1:sh, x0:x0 + sw * (Wo - 1) + 1:sw] += cols[:, :, i, j]",
+         "out[:, :, y0:y0 + sh * (Ho - 1) + 1:sh, x0:x0 + sw * (Wo - 1) + 1:sw] = cols[:, :, i, j]",
+         "col2im overwrites where overlapping windows should add up"),
+        (CONV, "dw = xp.matmul(d3, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)",
+         "dw = xp.matmul(d3, cols.swapaxes(-1, -2))[0].reshape(w.shape)",
+         "weight gradient of the first image only (not summed over the batch)"),
+    ],
     "A2": [
         (NORM, "    dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)\n",
          "    dx = (m * dxhat\n", "BN backward without the mean term"),
