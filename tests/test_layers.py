@@ -98,7 +98,8 @@ def test_im2col_columns_by_hand():
 
 
 @pytest.mark.assignment(id="A1", points=1)
-@pytest.mark.parametrize("k, s, p, d", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 1, 0, 2), (1, 2, 0, 1), ((2, 3), (1, 2), (1, 0), 1)])
+@pytest.mark.parametrize("k, s, p, d", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 1, 0, 2), (1, 2, 0, 1),
+                                        ((2, 3), (1, 2), (1, 0), 1)])
 def test_col2im_is_the_adjoint_of_im2col(k, s, p, d, rng):
     """``<im2col(x), c> == <x, col2im(c)>`` for every x and c: col2im adds every column entry back where
     im2col copied it from (overlapping windows accumulate; padding is dropped)."""

@@ -38,6 +38,7 @@ def rpn_problem(rng, A=40):
     return objectness, deltas, labels, targets
 
 
+@pytest.mark.assignment(id="A5", points=2)
 def test_rpn_loss_values_against_a_loop(rng):
     objectness, deltas, labels, targets = rpn_problem(rng)
     (loss_obj, loss_box), _ = rpn_loss_forward(objectness, deltas, labels, targets)
@@ -47,6 +48,7 @@ def test_rpn_loss_values_against_a_loop(rng):
     assert loss_box == pytest.approx(box / len(sampled), rel=1e-12)     # torchvision: / sampled, not / positives
 
 
+@pytest.mark.assignment(id="A5", points=2)
 def test_rpn_loss_gradients_float64(rng):
     objectness, deltas, labels, targets = rpn_problem(rng)
 
@@ -62,6 +64,7 @@ def test_rpn_loss_gradients_float64(rng):
     assert np.all(d_objectness[labels >= 0] != 0)
 
 
+@pytest.mark.assignment(id="A5", points=1)
 def test_rpn_loss_without_positives_or_samples(rng):
     objectness, deltas, _, targets = rpn_problem(rng)
     labels = np.where(np.arange(len(objectness)) % 2, 0, -1)

@@ -105,9 +105,18 @@ CATALOGUE: tuple[Assignment, ...] = (
         minutes=75, difficulty="easy",
         independent=INDEPENDENT[:2]),
     Assignment(
-        "A5", "The RPN loss, forward and backward", "03_rpn.ipynb", "Faster R-CNN §3.1.2, Eq. (1)",
-        parts=(), tests=(), enabled=False, minutes=90,
-        note="waits for the detection losses to become functional pairs"),
+        "A5", "The RPN loss, forward and backward", "03_rpn.ipynb", "Faster R-CNN §3.1.2, Eq. (1); Mask R-CNN §3.1",
+        parts=("minimaskrcnn/model/losses.py::rpn_loss_forward", "minimaskrcnn/model/losses.py::rpn_loss_backward"),
+        tests=("tests/test_losses.py",), hidden=("tests/hidden/test_a5_rpn_loss.py",),
+        goals=("Faster R-CNN's two-part loss: objectness on the sampled anchors, box regression on the positives",
+               "torchvision's normalisation (both by the sampled anchors) and why unsampled anchors get no gradient",
+               "composing a loss from building blocks (sigmoid BCE, smooth L1) and scattering their gradients "
+               "back to every anchor"),
+        prerequisites=("notebook 03 §3 'Matching anchors to objects, and sampling' and §6 'The RPN loss, its "
+                       "gradient, and approximate joint training'",
+                       "nn/losses.py: binary_cross_entropy_with_logits_* and smooth_l1_* (notebook 01)"),
+        minutes=60, difficulty="easy",
+        independent=("tests/test_losses.py::test_fastrcnn_loss_values_against_a_loop",) + INDEPENDENT[1:]),
     Assignment(
         "A6", "RoIPool and RoIAlign in NumPy, forward and backward", "04_roialign.ipynb",
         "Mask R-CNN §3 ('RoIAlign'), Table 2c", parts=(), tests=(), enabled=False, minutes=180,

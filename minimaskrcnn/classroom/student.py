@@ -13,6 +13,9 @@ REWARD = {
           "ResNet: `python -m minimaskrcnn demo --iters 300` trains the whole detector on it.",
     "A4": "Your anchors and box coder are what the RPN classifies and regresses, and what turns the box head's "
           "deltas into boxes: `python -m minimaskrcnn demo --iters 300` trains and detects with them.",
+    "A5": "Your loss is what the RPN learns from: its gradient reaches the RPN head, the FPN and the ResNet. "
+          "`python -m minimaskrcnn demo --iters 300` trains the whole Mask R-CNN on it (loss_objectness and "
+          "loss_rpn_box_reg in the printed losses are yours).",
     "A7": "Your kernel is the one CuPy runs on a GPU for RoIAlign's backward pass (`--device cuda`), and on a "
           "CPU the emulator runs the very same file: notebook 04 and `pytest tests/test_roi_ops.py` exercise it.",
     "A9": "Your optimiser and schedule drive every training run: `python -m minimaskrcnn demo --iters 300` "

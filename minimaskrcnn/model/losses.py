@@ -55,6 +55,7 @@ def rpn_loss_forward(objectness, pred_bbox_deltas, labels, regression_targets, b
         divides by S (torchvision; the paper's eq. 1 divides by the number of anchor locations, ~2400, and
         weights it by lambda = 10, which is about the same).
     """
+    ### BEGIN SOLUTION
     xp = get_xp(objectness)
     sampled = xp.nonzero(labels >= 0)[0]
     positive = xp.nonzero(labels == 1)[0]
@@ -64,11 +65,13 @@ def rpn_loss_forward(objectness, pred_bbox_deltas, labels, regression_targets, b
                                             normalizer=max(int(sampled.shape[0]), 1))
     return (loss_objectness, loss_box), RPNLossCache(sampled, positive, objectness_cache, box_cache,
                                                      int(objectness.shape[0]))
+    ### END SOLUTION
 
 
 def rpn_loss_backward(dlosses, cache: RPNLossCache):
     """``dlosses = (d loss_objectness, d loss_rpn_box_reg)`` -> ``(d_objectness (A,), d_pred_bbox_deltas (A, 4))``;
     anchors that were not sampled (and, for the deltas, not positive) get zero."""
+    ### BEGIN SOLUTION
     d_loss_objectness, d_loss_box = dlosses
     d_sampled = binary_cross_entropy_with_logits_backward(d_loss_objectness, cache.objectness_cache)
     xp = get_xp(d_sampled)
@@ -77,6 +80,7 @@ def rpn_loss_backward(dlosses, cache: RPNLossCache):
     d_deltas = xp.zeros((cache.num_anchors, 4), d_sampled.dtype)
     d_deltas[cache.positive] = smooth_l1_backward(d_loss_box, cache.box_cache)
     return d_objectness, d_deltas
+    ### END SOLUTION
 
 
 # ---- the box branch (Fast R-CNN) ----------------------------------------------------------------------------

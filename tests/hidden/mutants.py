@@ -10,7 +10,7 @@ NORM, FPN = "minimaskrcnn/nn/norm.py", "minimaskrcnn/model/fpn.py"
 ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
 KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
 COCO_AP = "minimaskrcnn/engine/coco_ap.py"
-CONV = "minimaskrcnn/nn/conv.py"
+CONV, LOSSES = "minimaskrcnn/nn/conv.py", "minimaskrcnn/model/losses.py"
 
 MUTANTS = {
     "A1": [
@@ -51,6 +51,16 @@ MUTANTS = {
          "encode forgets the size weights"),
         (BOXES, "half_w = 0.5 * (xp.exp(dw) * widths[:, None])", "half_w = xp.exp(dw) * widths[:, None]",
          "decode adds the whole width on each side"),
+    ],
+    "A5": [
+        (LOSSES, "normalizer=max(int(sampled.shape[0]), 1))", "normalizer=max(int(positive.shape[0]), 1))",
+         "box loss normalised by the positives only (torchvision divides by all sampled anchors)"),
+        (LOSSES, "objectness[sampled], labels[sampled].astype(objectness.dtype))",
+         "objectness, (labels == 1).astype(objectness.dtype))",
+         "objectness loss over every anchor: the unsampled ones (-1) count as negatives"),
+        (LOSSES, "d_deltas[cache.positive] = smooth_l1_backward(d_loss_box, cache.box_cache)",
+         "d_deltas[cache.positive] = smooth_l1_backward(d_loss_objectness, cache.box_cache)",
+         "backward scales the box gradient by the objectness loss's upstream gradient"),
     ],
     "A7": [
         (KERNEL, "        atomicAdd(plane + y1 * width + x1, grad * w4 / divisor);\n", "",
