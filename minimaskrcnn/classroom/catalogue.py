@@ -133,8 +133,20 @@ CATALOGUE: tuple[Assignment, ...] = (
         minutes=90, difficulty="hard", independent=INDEPENDENT),
     Assignment(
         "A8", "Mask targets and the mask loss, forward and backward", "05_heads_and_masks.ipynb",
-        "Mask R-CNN §3 (L_mask), §3.1", parts=(), tests=(), enabled=False, minutes=120,
-        note="waits for the detection losses to become functional pairs"),
+        "Mask R-CNN §3 ('Mask Representation', L_mask), §3.1 ('Training')",
+        parts=("minimaskrcnn/ops/masks.py::project_masks_on_boxes",
+               "minimaskrcnn/model/losses.py::maskrcnn_loss_forward",
+               "minimaskrcnn/model/losses.py::maskrcnn_loss_backward"),
+        tests=("tests/test_losses.py", "tests/test_masks.py"), hidden=("tests/hidden/test_a8_masks.py",),
+        goals=("the m x m target: the GT mask cropped to the RoI and resampled, by RoIAlign over the GT masks",
+               "L_mask: per-pixel sigmoid BCE on the GT class's map only, positives only: classes do not compete",
+               "the gradient is exactly zero on every other class's map"),
+        prerequisites=("notebook 05 §4 'Mask targets: the GT mask, seen through the RoI' and §5 'One sigmoid per "
+                       "class, or a softmax across classes?'",
+                       "notebook 04 (RoIAlign); nn/losses.py's binary_cross_entropy_with_logits_* (notebook 01)"),
+        minutes=75, difficulty="medium",
+        independent=("tests/test_losses.py::test_maskrcnn_loss_values_against_a_loop[softmax]",
+                     "tests/test_masks.py::test_project_edge_cases") + INDEPENDENT[1:]),
     Assignment(
         "A9", "SGD with momentum and weight decay; warm-up + step schedule", "06_training.ipynb",
         "Mask R-CNN §3.1 ('Training'); Goyal et al. 2017 (warm-up)",

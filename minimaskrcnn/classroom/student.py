@@ -18,6 +18,9 @@ REWARD = {
           "loss_rpn_box_reg in the printed losses are yours).",
     "A7": "Your kernel is the one CuPy runs on a GPU for RoIAlign's backward pass (`--device cuda`), and on a "
           "CPU the emulator runs the very same file: notebook 04 and `pytest tests/test_roi_ops.py` exercise it.",
+    "A8": "Your targets and loss train the mask head: `python -m minimaskrcnn demo --iters 300` trains the whole "
+          "Mask R-CNN with them (loss_mask in the printed losses is yours) and draws the masks it learnt "
+          "(runs/demo).",
     "A9": "Your optimiser and schedule drive every training run: `python -m minimaskrcnn demo --iters 300` "
           "trains the whole Mask R-CNN with them (watch the warm-up in the loss curve, runs/demo/losses.png).",
     "A10": "Your AP is the number the paper's tables report: run it on the demo's results "

@@ -171,8 +171,10 @@ def maskrcnn_loss_forward(mask_logits, mask_targets, labels, mode: str = "sigmoi
         pixel_labels = (mask_targets >= 0.5).astype(np.int64) * labels[:, None, None]
         loss, loss_cache = softmax_cross_entropy_forward(flat, pixel_labels.reshape(-1))
     else:
+        ### BEGIN SOLUTION
         loss, loss_cache = binary_cross_entropy_with_logits_forward(mask_logits[xp.arange(P), channels],
                                                                     mask_targets)
+        ### END SOLUTION
     return loss, MaskRCNNLossCache(mode, loss_cache, channels, mask_logits.shape)
 
 
@@ -182,11 +184,13 @@ def maskrcnn_loss_backward(dloss, cache: MaskRCNNLossCache):
     if cache.mode == "softmax":
         d = softmax_cross_entropy_backward(dloss, cache.loss_cache)
         return d.reshape(P, M, N, C).transpose(0, 3, 1, 2)
+    ### BEGIN SOLUTION
     d_selected = binary_cross_entropy_with_logits_backward(dloss, cache.loss_cache)
     xp = get_xp(d_selected)
     d = xp.zeros(cache.mask_logits_shape, d_selected.dtype)
     d[xp.arange(P), cache.channels] = d_selected
     return d
+    ### END SOLUTION
 
 
 def mask_probs(mask_logits, labels, mode: str = "sigmoid"):

@@ -10,7 +10,7 @@ NORM, FPN = "minimaskrcnn/nn/norm.py", "minimaskrcnn/model/fpn.py"
 ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
 KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
 COCO_AP = "minimaskrcnn/engine/coco_ap.py"
-CONV, LOSSES = "minimaskrcnn/nn/conv.py", "minimaskrcnn/model/losses.py"
+CONV, LOSSES, MASKS = "minimaskrcnn/nn/conv.py", "minimaskrcnn/model/losses.py", "minimaskrcnn/ops/masks.py"
 
 MUTANTS = {
     "A1": [
@@ -81,6 +81,20 @@ MUTANTS = {
         (COCO_AP, 'idx = np.searchsorted(recall, recall_thresholds, side="left")',
          'idx = np.searchsorted(recall, recall_thresholds, side="right")',
          "a recall point is read after the detection that reaches it"),
+    ],
+    "A8": [
+        (LOSSES, "binary_cross_entropy_with_logits_forward(mask_logits[xp.arange(P), channels],\n"
+                 "                                                                    mask_targets)",
+         "binary_cross_entropy_with_logits_forward(mask_logits,\n"
+         "                                                                    xp.broadcast_to(mask_targets[:, None], "
+         "mask_logits.shape))", "mask loss over every class's map instead of the GT class's"),
+        (LOSSES, "    d[xp.arange(P), cache.channels] = d_selected\n", "    d[:] = d_selected[:, None]\n",
+         "backward sends the GT map's gradient to every class's map"),
+        (MASKS, "rois = xp.concatenate([matched_idxs[:, None].astype(dtype),",
+         "rois = xp.concatenate([xp.zeros_like(matched_idxs)[:, None].astype(dtype),",
+         "every RoI cropped from the first GT mask instead of its matched one"),
+        (MASKS, "aligned=False, impl=impl)", "aligned=True, impl=impl)",
+         "targets sampled half a pixel off (aligned=True; torchvision's targets use aligned=False)"),
     ],
     "A9": [
         (OPTIM, "                g = g + self.weight_decay * p.data\n",
