@@ -119,8 +119,25 @@ CATALOGUE: tuple[Assignment, ...] = (
         independent=("tests/test_losses.py::test_fastrcnn_loss_values_against_a_loop",) + INDEPENDENT[1:]),
     Assignment(
         "A6", "RoIPool and RoIAlign in NumPy, forward and backward", "04_roialign.ipynb",
-        "Mask R-CNN §3 ('RoIAlign'), Table 2c", parts=(), tests=(), enabled=False, minutes=180,
-        difficulty="hard", note="waits for the plain-loop references (ops/reference.py)"),
+        "Mask R-CNN §3 ('RoIAlign'), Table 2c; Fast R-CNN §2.1 (RoI pooling)",
+        parts=("minimaskrcnn/ops/roi_align.py::_point_reads", "minimaskrcnn/ops/roi_align.py::_simple_forward",
+               "minimaskrcnn/ops/roi_align.py::_simple_backward", "minimaskrcnn/ops/roi_pool.py::_bins",
+               "minimaskrcnn/ops/roi_pool.py::_bin_edges", "minimaskrcnn/ops/roi_pool.py::_numpy_forward",
+               "minimaskrcnn/ops/roi_pool.py::roi_pool_backward"),
+        tests=("tests/test_roi_ops.py",), hidden=("tests/hidden/test_a6_roi_ops.py",),
+        goals=("RoIPool's two roundings (the RoI to whole cells, its bins to whole cells) and its max/argmax",
+               "RoIAlign without rounding: bilinear reads at regular sample points, averaged (or maxed) per bin, "
+               "from the geometry tables of ops/roi_align.py (where the points are, their neighbours, weights)",
+               "both backward passes as one scatter-add: the gradient goes back along the forward's reads",
+               "torchvision's conventions: aligned=False/True, adaptive sampling, the border rules"),
+        prerequisites=("notebook 04 §1 'RoIPool's two roundings, by hand', §2 'Where each operator reads', §6 "
+                       "'Gradients'",
+                       "ops/reference.py: RoIAlign and RoIPool as plain loops (the definition)",
+                       "ops/roi_align.py's module docstring, _sample_points and _neighbours (given)"),
+        minutes=180, difficulty="hard",
+        independent=("tests/test_roi_ops.py::test_roi_align_matches_torchvision[3x4-2-False-numpy]",
+                     "tests/test_roi_ops.py::test_roi_sample_points_are_where_roi_align_reads",
+                     "tests/test_masks.py::test_fixture_project") + INDEPENDENT),
     Assignment(
         "A7", "The RoIAlign backward CUDA kernel (bilinear weights, atomicAdd)", "04_roialign.ipynb",
         "Mask R-CNN §3 ('RoIAlign')",

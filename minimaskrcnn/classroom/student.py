@@ -16,6 +16,12 @@ REWARD = {
     "A5": "Your loss is what the RPN learns from: its gradient reaches the RPN head, the FPN and the ResNet. "
           "`python -m minimaskrcnn demo --iters 300` trains the whole Mask R-CNN on it (loss_objectness and "
           "loss_rpn_box_reg in the printed losses are yours).",
+    "A6": "Your RoIAlign can run the whole detector. The model uses the fast NumPy path by default "
+          "(`roi_impl=\"numpy\"`); switch it to yours by setting `roi_impl: str = \"simple\"` in "
+          "`minimaskrcnn/config.py` (or `configs.tiny(num_classes, roi_impl=\"simple\")` in Python), then "
+          "`python -m minimaskrcnn demo --iters 300` trains Mask R-CNN with every RoI feature and every mask "
+          "target read by your code. Your RoIPool runs it with `roi_op: str = \"pool\"`: Table 2c's comparison, "
+          "on your own operators.",
     "A7": "Your kernel is the one CuPy runs on a GPU for RoIAlign's backward pass (`--device cuda`), and on a "
           "CPU the emulator runs the very same file: notebook 04 and `pytest tests/test_roi_ops.py` exercise it.",
     "A8": "Your targets and loss train the mask head: `python -m minimaskrcnn demo --iters 300` trains the whole "

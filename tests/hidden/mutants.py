@@ -11,6 +11,7 @@ ANCHORS, BOXES = "minimaskrcnn/ops/anchors.py", "minimaskrcnn/ops/boxes.py"
 KERNEL, OPTIM = "minimaskrcnn/ops/kernels/roi_align.cu", "minimaskrcnn/nn/optim.py"
 COCO_AP = "minimaskrcnn/engine/coco_ap.py"
 CONV, LOSSES, MASKS = "minimaskrcnn/nn/conv.py", "minimaskrcnn/model/losses.py", "minimaskrcnn/ops/masks.py"
+ROI_ALIGN, ROI_POOL = "minimaskrcnn/ops/roi_align.py", "minimaskrcnn/ops/roi_pool.py"
 
 MUTANTS = {
     "A1": [
@@ -61,6 +62,22 @@ MUTANTS = {
         (LOSSES, "d_deltas[cache.positive] = smooth_l1_backward(d_loss_box, cache.box_cache)",
          "d_deltas[cache.positive] = smooth_l1_backward(d_loss_objectness, cache.box_cache)",
          "backward scales the box gradient by the objectness loss's upstream gradient"),
+    ],
+    "A6": [
+        (ROI_ALIGN, "value = reads[..., 0, 0, :] + reads[..., 0, 1, :] + reads[..., 1, 0, :] + reads[..., 1, 1, :]",
+         "value = reads[..., 0, 0, :] + reads[..., 0, 1, :] + reads[..., 1, 0, :]",
+         "a sample point's value misses its bottom-right bilinear neighbour"),
+        (ROI_ALIGN, "grads = d * (weight / count[:, None, None, None, None, None, None])[..., None]",
+         "grads = d * (weight * xp.asarray([[1.0, 1.0], [1.0, 0.0]]) / count[:, None, None, None, None, None, None])"
+         "[..., None]", "backward (avg) forgets one bilinear weight: nothing reaches the bottom-right neighbour"),
+        (ROI_ALIGN, "cell = (batch * H + rows) * W + cols", "cell = rows * W + cols",
+         "every RoI reads the first image of the batch (the RoI's batch index ignored)"),
+        (ROI_POOL, "corners = round_half_away_from_zero(rois[:, 1:] * dtype(spatial_scale)).astype(np.int64)",
+         "corners = xp.round(rois[:, 1:] * dtype(spatial_scale)).astype(np.int64)",
+         "RoIPool rounds halves to even (NumPy's round) instead of away from zero (C's)"),
+        (ROI_POOL, "length = xp.maximum(end - start + 1, 1).astype(dtype)",
+         "length = xp.maximum(end - start, 1).astype(dtype)",
+         "RoIPool's rounded RoI excludes its last row and column (the end cell is inclusive)"),
     ],
     "A7": [
         (KERNEL, "        atomicAdd(plane + y1 * width + x1, grad * w4 / divisor);\n", "",
