@@ -99,7 +99,7 @@ def make_parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(s, device=True):
-        if device:   # classroom has no device: it runs pytest
+        if device:
             s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
         s.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help=f"BLAS threads for the matrix products (default {DEFAULT_THREADS}: robust when other "

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, to_numpy
-from ._roi_common import bins_to_kchw, channels_last, chunks_by_size, kchw_to_bins, max_and_argmax, sparse_rows_matmul
+from ..backend import get_xp
+from ._roi_common import bins_to_kchw, channels_last, device_chunks, kchw_to_bins, max_and_argmax, sparse_rows_matmul
 
 
 def _merge(axis):
@@ -58,7 +58,6 @@ def _avg_blocks(rois, cache, geometry, row_bytes: int):
     These are the rows of the sparse matrix ``S`` (``out = S @ F``), chunked so that the features they
     gather (``row_bytes`` per cell) stay near the cache-sized budget.
     """
-    xp = get_xp(rois)
     N, C, H, W = cache.features_shape
     PH, PW = cache.output_size
     y, x, count = geometry
@@ -66,9 +65,7 @@ def _avg_blocks(rois, cache, geometry, row_bytes: int):
     xi, xw, nx = _merge(x)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * ny.max(axis=1) * nx.max(axis=1)          # gathered cells per RoI after padding
-    for ks in chunks_by_size(to_numpy(cells), row_bytes):
-        ks = xp.asarray(ks)
-        Ly, Lx = int(ny[ks].max()), int(nx[ks].max())
+    for ks, (Ly, Lx) in device_chunks(cells, row_bytes, ny.max(axis=1), nx.max(axis=1)):
         rows = (batch[ks, None, None] * H + yi[ks, :, :Ly]) * W                      # (k, PH, Ly)
         pix = rows[:, :, None, :, None] + xi[ks, None, :, None, :Lx]                # (k, PH, PW, Ly, Lx)
         wts = yw[ks, :, None, :Ly, None] * xw[ks, None, :, None, :Lx] / count[ks, None, None, None, None]
@@ -123,9 +120,8 @@ def _max_blocks(rois, cache, geometry, row_bytes):
     PH, PW = cache.output_size
     y, x, _ = geometry
     batch = rois[:, 0].astype(np.int64)
-    for ks in chunks_by_size(to_numpy(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1)), row_bytes):
-        ks = xp.asarray(ks)
-        k, Gy, Gx = len(ks), max(int(y.grid[ks].max()), 1), max(int(x.grid[ks].max()), 1)
+    for ks, (Gy, Gx) in device_chunks(PH * PW * 4 * xp.maximum(y.grid * x.grid, 1), row_bytes, y.grid, x.grid):
+        k, Gy, Gx = len(ks), max(Gy, 1), max(Gx, 1)
         rows = (batch[ks, None, None, None] * H + y.idx[ks, :, :Gy]) * W           # (k, PH, Gy, 2)
         pix = rows[:, :, None, :, None, :, None] + x.idx[ks, None, :, None, :Gx, None, :]
         wts = y.w[ks, :, None, :Gy, None, :, None] * x.w[ks, None, :, None, :Gx, None, :]

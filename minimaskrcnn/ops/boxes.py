@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 
 
 def check_boxes(boxes, name: str = "boxes", ordered: bool = True) -> None:
@@ -34,7 +34,13 @@ def check_boxes(boxes, name: str = "boxes", ordered: bool = True) -> None:
     if boxes.shape[0] == 0:
         return
     xp = get_xp(boxes)
-    if np.issubdtype(boxes.dtype, np.floating) and bool(xp.isnan(boxes).any()):
+    floating = np.issubdtype(boxes.dtype, np.floating)
+    flags = [xp.isnan(boxes).any()] if floating else []
+    if ordered:
+        flags.append(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any())
+    if not flags or not bool(xp.stack(flags).any()):      # one read-back for both checks (a wait on a GPU)
+        return
+    if floating and bool(xp.isnan(boxes).any()):
         raise ValueError(f"{name} contains NaN coordinates (shape {tuple(boxes.shape)})")
     if ordered and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
         bad = int(xp.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0])
@@ -290,6 +296,8 @@ def _greedy_nms(boxes, scores, iou_threshold, max_keep):
     order = xp.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = (boxes[order, k] for k in range(4))  # coordinates in visiting order
     areas = (x2 - x1) * (y2 - y1)
+    if xp is not np:
+        return order[xp.asarray(_greedy_nms_on_host(x1, y1, x2, y2, areas, iou_threshold, max_keep))]
     keep = []
     rest = xp.arange(order.shape[0])  # positions (in visiting order) still in the running
     while rest.shape[0] > 0 and (max_keep is None or len(keep) < max_keep):
@@ -305,6 +313,36 @@ def _greedy_nms(boxes, scores, iou_threshold, max_keep):
     if not keep:
         return xp.zeros((0,), dtype=xp.int64)
     return order[xp.stack(keep)].astype(xp.int64)
+
+
+def _greedy_nms_on_host(x1, y1, x2, y2, areas, iou_threshold, max_keep, block_bytes=1 << 26):
+    """The positions (int64, in visiting order) that greedy NMS keeps, for device arrays: the loop above would
+    read a mask back once per kept box. Here every pair's "IoU > threshold" is computed on the device (rows in
+    blocks of ~``block_bytes``, the same float operations as the loop), packed to bits, read back once, and the
+    greedy walk runs on the host (torchvision's CUDA NMS does the same)."""
+    xp = get_xp(x1)
+    n = x1.shape[0]
+    rows = max(1, block_bytes // (8 * n))
+    over = []
+    for s in range(0, n, rows):
+        i = slice(s, s + rows)
+        w = xp.maximum(xp.minimum(x2[i, None], x2[None]) - xp.maximum(x1[i, None], x1[None]), 0)
+        h = xp.maximum(xp.minimum(y2[i, None], y2[None]) - xp.maximum(y1[i, None], y1[None]), 0)
+        inter = w * h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou = inter / (areas[i, None] + areas[None] - inter)
+        over.append(iou.astype(xp.float64) > iou_threshold)       # a NaN IoU does not suppress
+    over = np.unpackbits(to_numpy(xp.packbits(xp.concatenate(over))), count=n * n).reshape(n, n).astype(bool)
+    removed = np.zeros(n, dtype=bool)
+    keep = []
+    for i in range(n):
+        if removed[i]:
+            continue
+        keep.append(i)
+        if max_keep is not None and len(keep) >= max_keep:
+            break
+        removed |= over[i]
+    return np.asarray(keep, dtype=np.int64)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None = None):

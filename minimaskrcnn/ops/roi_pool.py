@@ -22,14 +22,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add, to_numpy
+from ..backend import get_xp, scatter_add
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
     check_dout,
     check_roi_inputs,
-    chunks_by_size,
+    device_chunks,
     max_and_argmax,
     output_size_pair,
     round_half_away_from_zero,
@@ -155,10 +155,8 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
-    for ks in chunks_by_size(to_numpy(cells), C * features.itemsize):
-        ks = xp.asarray(ks)
-        Lh = max(int((h1[ks] - h0[ks]).max()), 1)
-        Lw = max(int((w1[ks] - w0[ks]).max()), 1)
+    for ks, (Lh, Lw) in device_chunks(cells, C * features.itemsize, (h1 - h0).max(axis=1), (w1 - w0).max(axis=1)):
+        Lh, Lw = max(Lh, 1), max(Lw, 1)
         # A bin's rows/columns, padded by repeating its last one: a repeat never changes the max, and
         # comes after the cell it copies, so the first maximal cell in row-major order still wins.
         rows = xp.clip(xp.minimum(h0[ks, :, None] + xp.arange(Lh), h1[ks, :, None] - 1), 0, H - 1)

@@ -1,5 +1,5 @@
 """Hidden tests of assignment A9 (SGD, warm-up + step schedule): PyTorch's update rule with a changing
-learning rate, no momentum, a frozen parameter. Graders' copy only: not in a student release."""
+learning rate, no momentum, frozen parameters. Graders' copy only: not in a student release."""
 import numpy as np
 import pytest
 
@@ -9,14 +9,15 @@ from minimaskrcnn import nn
 @pytest.mark.assignment(id="A9", points=2)
 def test_sgd_with_a_changing_learning_rate_follows_pytorch():
     rng = np.random.default_rng(1)
-    p, q = nn.Parameter(rng.standard_normal((2, 3))), nn.Parameter(rng.standard_normal(4), requires_grad=False)
+    p, q = nn.Parameter(rng.standard_normal((2, 3))), nn.Parameter(rng.standard_normal(4))
+    q.requires_grad = False                      # frozen (as FrozenBN's statistics): SGD leaves it alone
     opt = nn.SGD([("p", p), ("q", q)], lr=0.5, momentum=0.8, weight_decay=0.1)
     w, v = p.data.copy(), None
     q0 = q.data.copy()
     for lr in (0.5, 0.05, 0.2, 0.01):
         opt.lr = lr
         g = rng.standard_normal((2, 3))
-        p.grad = g.copy()                        # q is frozen: left alone, no decay either
+        p.grad = g.copy()
         opt.step()
         d = g + 0.1 * w
         v = d if v is None else 0.8 * v + d    # torch.optim.SGD, dampening 0, nesterov False
