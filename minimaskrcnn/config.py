@@ -47,7 +47,7 @@ class MaskRCNNConfig:
     roi_op: str = "align"                             # 'align' | 'warp' | 'pool' (Table 2c)
     roi_mode: str | None = None                       # 'avg' | 'max' | None: the op's own (pool: max, else avg)
     roi_aligned: bool = False                         # torchvision's default; Detectron2 uses True
-    roi_impl: str = "numpy"                           # 'numpy' | 'kernel'
+    roi_impl: str = "numpy"                           # 'numpy' | 'simple' (readable NumPy) | 'kernel'
     sampling_ratio: int = 2
     box_pool_size: int = 7
     mask_pool_size: int = 14
@@ -84,7 +84,8 @@ class MaskRCNNConfig:
 
     def __post_init__(self):
         choices = {"architecture": ("fpn", "c4"), "norm": ("frozen_bn", "bn", "gn"),
-                   "roi_op": ("align", "warp", "pool"), "roi_impl": ("numpy", "kernel"), "mask_head": ("fcn", "mlp"),
+                   "roi_op": ("align", "warp", "pool"), "roi_impl": ("numpy", "simple", "kernel"),
+                   "mask_head": ("fcn", "mlp"),
                    "mask_loss": ("sigmoid", "softmax"), "dtype": ("float32", "float64")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 REWARD = {
+    "A1": "Your im2col and col2im run every strided convolution of the ResNet, the max pool, and the mask head's "
+          "2x2 transposed convolution (its backward pass); stride-1 convolutions take the library's row-shift "
+          "path, which must give your numbers (tests/test_layers.py compares the two): "
+          "`python -m minimaskrcnn demo --iters 300` trains the whole Mask R-CNN through your code.",
     "A2": "Your batch norm is the one every ResNet block of the detector uses (frozen BN in the backbone, "
           "trainable BN where a config asks for it): `python -m minimaskrcnn demo --iters 300` trains the whole "
           "Mask R-CNN through your code.",
@@ -9,8 +13,20 @@ REWARD = {
           "ResNet: `python -m minimaskrcnn demo --iters 300` trains the whole detector on it.",
     "A4": "Your anchors and box coder are what the RPN classifies and regresses, and what turns the box head's "
           "deltas into boxes: `python -m minimaskrcnn demo --iters 300` trains and detects with them.",
+    "A5": "Your loss is what the RPN learns from: its gradient reaches the RPN head, the FPN and the ResNet. "
+          "`python -m minimaskrcnn demo --iters 300` trains the whole Mask R-CNN on it (loss_objectness and "
+          "loss_rpn_box_reg in the printed losses are yours).",
+    "A6": "Your RoIAlign can run the whole detector. The model uses the fast NumPy path by default "
+          "(`roi_impl=\"numpy\"`); switch it to yours by setting `roi_impl: str = \"simple\"` in "
+          "`minimaskrcnn/config.py` (or `configs.tiny(num_classes, roi_impl=\"simple\")` in Python), then "
+          "`python -m minimaskrcnn demo --iters 300` trains Mask R-CNN with every RoI feature and every mask "
+          "target read by your code. Your RoIPool runs it with `roi_op: str = \"pool\"`: Table 2c's comparison, "
+          "on your own operators.",
     "A7": "Your kernel is the one CuPy runs on a GPU for RoIAlign's backward pass (`--device cuda`), and on a "
           "CPU the emulator runs the very same file: notebook 04 and `pytest tests/test_roi_ops.py` exercise it.",
+    "A8": "Your targets and loss train the mask head: `python -m minimaskrcnn demo --iters 300` trains the whole "
+          "Mask R-CNN with them (loss_mask in the printed losses is yours) and draws the masks it learnt "
+          "(runs/demo).",
     "A9": "Your optimiser and schedule drive every training run: `python -m minimaskrcnn demo --iters 300` "
           "trains the whole Mask R-CNN with them (watch the warm-up in the loss curve, runs/demo/losses.png).",
     "A10": "Your AP is the number the paper's tables report: run it on the demo's results "

@@ -74,6 +74,7 @@ def rpn_loss_forward(objectness, pred_bbox_deltas, labels, regression_targets, b
         divides by S (torchvision; the paper's eq. 1 divides by the number of anchor locations, ~2400, and
         weights it by lambda = 10, which is about the same).
     """
+    ### BEGIN SOLUTION
     xp = get_xp(objectness)
     sampled = xp.nonzero(labels >= 0)[0]
     positive = xp.nonzero(labels == 1)[0]
@@ -84,11 +85,13 @@ def rpn_loss_forward(objectness, pred_bbox_deltas, labels, regression_targets, b
                                             normalizer=S)
     return (loss_objectness, loss_box), RPNLossCache(sampled, positive, objectness_cache, box_cache,
                                                      int(objectness.shape[0]))
+    ### END SOLUTION
 
 
 def rpn_loss_backward(dlosses, cache: RPNLossCache):
     """``dlosses = (d loss_objectness, d loss_rpn_box_reg)`` -> ``(d_objectness (A,), d_pred_bbox_deltas (A, 4))``;
     anchors that were not sampled (and, for the deltas, not positive) get zero."""
+    ### BEGIN SOLUTION
     d_loss_objectness, d_loss_box = dlosses
     d_sampled = binary_cross_entropy_with_logits_backward(d_loss_objectness, cache.objectness_cache)
     xp = get_xp(d_sampled)
@@ -97,6 +100,7 @@ def rpn_loss_backward(dlosses, cache: RPNLossCache):
     d_deltas = xp.zeros((cache.num_anchors, 4), d_sampled.dtype)
     d_deltas[cache.positive] = smooth_l1_backward(d_loss_box, cache.box_cache)
     return d_objectness, d_deltas
+    ### END SOLUTION
 
 
 # ---- the box branch (Fast R-CNN) ----------------------------------------------------------------------------
@@ -192,8 +196,10 @@ def maskrcnn_loss_forward(mask_logits, mask_targets, labels, mode: str = "sigmoi
         pixel_labels = (mask_targets >= 0.5).astype(np.int64) * labels[:, None, None]
         loss, loss_cache = softmax_cross_entropy_forward(flat, pixel_labels.reshape(-1), normalizer=pixels)
     else:
+        ### BEGIN SOLUTION
         loss, loss_cache = binary_cross_entropy_with_logits_forward(mask_logits[xp.arange(P), channels],
                                                                     mask_targets, normalizer=pixels)
+        ### END SOLUTION
     return loss, MaskRCNNLossCache(mode, loss_cache, channels, mask_logits.shape)
 
 
@@ -203,11 +209,13 @@ def maskrcnn_loss_backward(dloss, cache: MaskRCNNLossCache):
     if cache.mode == "softmax":
         d = softmax_cross_entropy_backward(dloss, cache.loss_cache)
         return d.reshape(P, M, N, C).transpose(0, 3, 1, 2)
+    ### BEGIN SOLUTION
     d_selected = binary_cross_entropy_with_logits_backward(dloss, cache.loss_cache)
     xp = get_xp(d_selected)
     d = xp.zeros(cache.mask_logits_shape, d_selected.dtype)
     d[xp.arange(P), cache.channels] = d_selected
     return d
+    ### END SOLUTION
 
 
 def mask_probs(mask_logits, labels, mode: str = "sigmoid"):
