@@ -55,10 +55,12 @@ MUTANTS = {
          "decode adds the whole width on each side"),
     ],
     "A5": [
-        (LOSSES, "normalizer=max(int(sampled.shape[0]), 1))", "normalizer=max(int(positive.shape[0]), 1))",
+        (LOSSES, "regression_targets[positive], beta,\n                                            normalizer=S)",
+         "regression_targets[positive], beta,\n"
+         "                                            normalizer=max(int(positive.shape[0]), 1))",
          "box loss normalised by the positives only (torchvision divides by all sampled anchors)"),
-        (LOSSES, "objectness[sampled], labels[sampled].astype(objectness.dtype))",
-         "objectness, (labels == 1).astype(objectness.dtype))",
+        (LOSSES, "objectness[sampled], labels[sampled].astype(objectness.dtype), normalizer=S)",
+         "objectness, (labels == 1).astype(objectness.dtype), normalizer=S)",
          "objectness loss over every anchor: the unsampled ones (-1) count as negatives"),
         (LOSSES, "d_deltas[cache.positive] = smooth_l1_backward(d_loss_box, cache.box_cache)",
          "d_deltas[cache.positive] = smooth_l1_backward(d_loss_objectness, cache.box_cache)",
@@ -102,10 +104,10 @@ MUTANTS = {
     ],
     "A8": [
         (LOSSES, "binary_cross_entropy_with_logits_forward(mask_logits[xp.arange(P), channels],\n"
-                 "                                                                    mask_targets)",
+                 "                                                                    mask_targets, normalizer=pixels)",
          "binary_cross_entropy_with_logits_forward(mask_logits,\n"
          "                                                                    xp.broadcast_to(mask_targets[:, None], "
-         "mask_logits.shape))", "mask loss over every class's map instead of the GT class's"),
+         "mask_logits.shape), normalizer=pixels)", "mask loss over every class's map instead of the GT class's"),
         (LOSSES, "    d[xp.arange(P), cache.channels] = d_selected\n", "    d[:] = d_selected[:, None]\n",
          "backward sends the GT map's gradient to every class's map"),
         (MASKS, "rois = xp.concatenate([matched_idxs[:, None].astype(dtype),",
