@@ -28,7 +28,8 @@ MUTANTS = {
     "A2": [
         (NORM, "    dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)\n",
          "    dx = (m * dxhat\n", "BN backward without the mean term"),
-        (NORM, "\n            running_var += momentum * var * (m / (m - 1))",   # batch_norm_forward's (SyncBN has one too)
+        # batch_norm_forward's line (SyncBN has the same one at another indent)
+        (NORM, "\n            running_var += momentum * var * (m / (m - 1))",
          "\n            running_var += momentum * var",
          "running variance updated with the biased batch variance"),
         (NORM, "scale = weight * (1.0 / xp.sqrt(running_var + eps))", "scale = weight * (1.0 / xp.sqrt(running_var))",
