@@ -86,9 +86,10 @@ def use_dense(features_shape, output_size, geometry, direction: str) -> bool:
     _, C, H, W = features_shape
     PH, PW = output_size
     y, x, _ = geometry
-    if y.grid.shape[0] == 0 or get_xp(y.grid) is not np:    # NumPy only: the sizes below are read back
+    if y.grid.shape[0] == 0:
         return False
-    cells = (int(y.grid.max()) + 1) * (int(x.grid.max()) + 1)
+    gy, gx = to_numpy(get_xp(y.grid).stack([y.grid.max(), x.grid.max()]))    # one read-back on a device
+    cells = (int(gy) + 1) * (int(gx) + 1)
     return W * (H + PW) * C <= DENSE_LIMIT[direction] * PW * cells * (C + 16)
 
 
