@@ -108,8 +108,8 @@ def test_conv2d_dispatch_takes_im2col_otherwise(rng):
 
 @pytest.mark.parametrize("height, row_shifts", [(2, False), (4, False), (5, True), (8, True)])
 def test_conv2d_dispatch_sends_short_maps_to_im2col(rng, height, row_shifts):
-    """A 3x3 stride-1 conv drops 2 rows per image on the row-shift path: on maps of 4 rows or fewer
-    (a third or more of the padded height wasted) im2col is taken; both give the same gradients."""
+    """A 3x3 stride-1 conv drops 2 rows per image on the row-shift path: with 4 output rows or fewer
+    (a third or more of the work wasted) im2col is taken; both give the same gradients."""
     x, w = rng.standard_normal((3, 4, height, 6)), rng.standard_normal((5, 4, 3, 3))
     out, cache = F.conv2d_forward(x, w, None, 1, 1)
     assert isinstance(cache, Conv2dRowShiftCache if row_shifts else Conv2dIm2colCache)
