@@ -134,6 +134,20 @@ def test_conv2d_dispatch_takes_im2col_otherwise(rng):
         assert isinstance(cache, Conv2dIm2colCache), (stride, k)
 
 
+@pytest.mark.parametrize("height, row_shifts", [(2, False), (4, False), (5, True), (8, True)])
+def test_conv2d_dispatch_sends_short_maps_to_im2col(rng, height, row_shifts):
+    """A 3x3 stride-1 conv drops 2 rows per image on the row-shift path: with 4 output rows or fewer
+    (a third or more of the work wasted) im2col is taken; both give the same gradients."""
+    x, w = rng.standard_normal((3, 4, height, 6)), rng.standard_normal((5, 4, 3, 3))
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert isinstance(cache, Conv2dRowShiftCache if row_shifts else Conv2dIm2colCache)
+    plain, plain_cache = conv2d_forward_im2col(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for got, want in zip(F.conv2d_backward(dout, cache)[:2], conv2d_backward_im2col(dout, plain_cache)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
 def test_conv2d_without_bias(rng):
     x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3))
     out, cache = F.conv2d_forward(x, w, None, padding=1)

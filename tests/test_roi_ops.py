@@ -152,6 +152,53 @@ def test_numpy_and_kernel_agree(op, mode, dtype, tol, other, problem):
         np.testing.assert_array_equal(cache_np.argmax, cache_k.argmax)
 
 
+@pytest.mark.parametrize("op", ["align", "warp"])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=roi_problems())
+def test_numpy_avg_paths_dense_and_sparse_agree(op, dtype, tol, problem):
+    """The NumPy avg path has two ways to the same sparse product (_roi_align_fast.use_dense picks by size):
+    each, forced, against the readable "simple" version, forward and backward."""
+    from minimaskrcnn.ops import _roi_align_fast as fast
+    forward, backward, _ = OPS[op]
+    x = problem["features"].astype(dtype)
+    args = (problem["rois"], problem["output_size"], problem["scale"], problem["sampling_ratio"],
+            problem["aligned"])
+    out_s, cache_s = forward(x, *args, mode="avg", impl="simple")
+    dout = np.random.default_rng(problem["seed"]).standard_normal(out_s.shape).astype(dtype)
+    grad_s = backward(dout, cache_s)
+    for limit in (0.0, np.inf):                               # always sparse, always dense
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fast, "DENSE_LIMIT", {"forward": limit, "backward": limit})
+            out, cache = forward(x, *args, mode="avg", impl="numpy")
+            grad = backward(dout, cache)
+        assert out.dtype == grad.dtype == dtype and grad.shape == x.shape
+        np.testing.assert_allclose(out, out_s, rtol=tol, atol=tol, err_msg=f"forward, limit {limit}")
+        np.testing.assert_allclose(grad, grad_s, rtol=tol, atol=tol * max(1, np.abs(grad_s).max()),
+                                   err_msg=f"backward, limit {limit}")
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_gradient_of_each_numpy_avg_path(monkeypatch, dense):
+    from minimaskrcnn.ops import _roi_align_fast as fast
+    limit = np.inf if dense else 0.0
+    monkeypatch.setattr(fast, "DENSE_LIMIT", {"forward": limit, "backward": limit})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 9, 8))
+    rois = random_rois(rng, 7, 2, 9, 8, 0.5)                  # image 2 has no RoIs
+    dout = rng.standard_normal((7, 2, 3, 4))
+    _, cache = roi_align_forward(x, rois, (3, 4), 0.5, -1, True)
+    assert fast.use_dense(cache.features_shape, (3, 4), fast_geometry(cache), "backward") == dense
+    analytic = roi_align_backward(dout, cache)
+    assert np.abs(analytic).max() > 0.1 and not analytic[2].any()
+    assert check_gradient(lambda f: roi_align_forward(f, rois, (3, 4), 0.5, -1, True)[0], x, analytic, dout) < 1e-7
+
+
+def fast_geometry(cache):
+    from minimaskrcnn.ops.roi_align import _geometry_of
+    return _geometry_of(cache)
+
+
 # ------------------------------------------------------------------------------------------------
 # The plain-loop oracle (ops/reference.py): itself against torchvision, then every op against it
 

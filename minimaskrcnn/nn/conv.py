@@ -156,7 +156,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: input {H}x{W} is smaller than the dilated kernel {kh}x{kw} "
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
-    if use_row_shifts(w.shape, stride, padding, dilation):
+    if use_row_shifts(w.shape, stride, padding, dilation, H):
         return conv2d_forward_rowshift(x, w, b, padding, dilation, groups)
     return conv2d_forward_im2col(x, w, b, stride, padding, dilation, groups)
 
