@@ -44,7 +44,8 @@ def schedule(iters: int) -> dict:
 def plan_runs(tables, class_names, seeds=None, iters=None, image_size=IMAGE_SIZE, data_id=""):
     """The runs the tables need, shared between tables where the configs are equal.
 
-    Returns ``(runs, layout)``: runs ``{run_id: {'config': dict, 'seed', 'iterations', 'label'}}`` and layout
+    Returns ``(runs, layout)``: runs ``{run_id: {'config': dict, 'seed', 'iterations', 'label', 'serves'}}``
+    (``serves``: every 'table: variant' the run stands for) and layout
     ``{table: {variant name: [run_id per seed]}}``."""
     from ..config import get_config
 
@@ -67,7 +68,8 @@ def plan_runs(tables, class_names, seeds=None, iters=None, image_size=IMAGE_SIZE
                 same = [r for r, spec in runs.items() if spec["digest"] == digest.hexdigest()]
                 run_id = same[0] if same else run_id
                 runs.setdefault(run_id, {"config": cfg_dict, "seed": seed, "iterations": n_iters,
-                                         "label": f"{t}: {v.name}", "digest": digest.hexdigest()})
+                                         "label": f"{t}: {v.name}", "digest": digest.hexdigest(), "serves": []})
+                runs[run_id]["serves"].append(f"{t}: {v.name}")
                 ids.append(run_id)
             layout[t][v.name] = ids
     return runs, layout
@@ -106,7 +108,8 @@ def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threa
         metrics, _, preds = evaluate_model(model, val_set, verbose=False, progress=progress, keep_masks=NUM_EXAMPLES)
         t2 = time.perf_counter()
     seconds = trainer.log["seconds"]
-    result = {"run_id": run_id, "label": spec["label"], "seed": spec["seed"], "iterations": spec["iterations"],
+    result = {"run_id": run_id, "variant": spec["label"], "serves": spec["serves"], "seed": spec["seed"],
+              "iterations": spec["iterations"],
               "config": spec["config"], "wall_time_s": round(t2 - t0, 1), "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "seconds_per_iter": round(sum(seconds) / max(1, len(seconds)), 4),
               "resumed": len(seconds) != spec["iterations"] or None,
@@ -239,8 +242,8 @@ def ablate(table="all", data=None, seeds=None, iters=None, out="runs/ablations",
     record = {"command": command or "python -m minimaskrcnn ablate", "commit": _git_commit(), "data": str(root),
               "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
               "tables": {**previous.get("tables", {}), **summary},
-              "runs": {**previous.get("runs", {}), **{r: {k: v for k, v in res.items() if k != "examples"}
-                                                     for r, res in results.items()}}}
+              "runs": {**previous.get("runs", {}), **{r: {**{k: v for k, v in res.items() if k != "examples"},
+                                                         "serves": runs[r]["serves"]} for r, res in results.items()}}}
     record["wall_time_s"] = round(sum(r["wall_time_s"] for r in record["runs"].values()), 1)
     record["elapsed_s"] = round(time.perf_counter() - started, 1)     # this invocation, runs skipped included
     _write_json(path, record)

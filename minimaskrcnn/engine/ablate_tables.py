@@ -83,10 +83,10 @@ TABLE_ORDER = ("2d", "2c", "2b", "agnostic", "2e", "3")     # 'all': the headlin
 # Iterations of every run of a table (the same for all its variants), chosen so that `--table all` fits the
 # 2-hour budget on 2 quiet cores with --jobs 2 (the estimate is in results/ablations/README.md and the
 # report of `ablate --estimate`). The learning-rate schedule follows: warm-up min(100, iters / 10), x0.1 at 80%.
-ITERS = {"2d": 1200, "2c": 600, "2b": 600, "agnostic": 600, "2e": 1000, "3": 1000}
+ITERS = {"2d": 1200, "2c": 600, "2b": 600, "agnostic": 600, "2e": 600, "3": 600}
 IMAGE_SIZE = 192               # the hard shapes set's images (see minimaskrcnn/data/shapes_hard.py)
 # The built-in data: the hard shapes set (8 occluding classes); its size is part of the budget too.
-DATA = dict(kind="hard", num_train=1000, num_val=150, seed=0)
+DATA = dict(kind="hard", num_train=1000, num_val=100, seed=0)
 
 
 def variant(table: str, name: str) -> Variant:

@@ -16,9 +16,10 @@ METRIC_NAME = {"segm": "mask", "bbox": "box"}
 def plot_ablation(summary, save_path=None, figsize=None) -> Figure:
     """One table's summary (an entry of ``ablations.json``'s ``tables``) as grouped bars.
 
-    Panels: one per (metric, statistic), a row per metric. In each, one group per variant: our mean (solid; dots: the seeds)
-    and the paper's value (hatched; absent where the paper gives none). Our numbers and the paper's are both
-    COCO AP in %, but on different data and models: compare the *gaps* between variants, not the heights.
+    Panels: one per (metric, statistic), a row per metric. In each, one group per variant: our mean (solid;
+    dots: the seeds) and the paper's value (hatched; absent where the paper gives none). Our numbers and the
+    paper's are both COCO AP in %, but on different data and models: compare the *gaps* between variants, not
+    the heights.
     """
     panels = [(m, s) for m in summary["metrics"] for s in STATS]      # one row per metric
     variants = summary["variants"]
