@@ -113,8 +113,9 @@ def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threa
               "config": spec["config"], "wall_time_s": round(t2 - t0, 1), "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "seconds_per_iter": round(sum(seconds) / max(1, len(seconds)), 4),
               "resumed": len(seconds) != spec["iterations"] or None,
-              **{t: {k: round(100 * metrics[t][k], 2) for k in ("AP", "AP50", "AP75", "APs", "APm")}
-                 for t in metrics},
+              # COCOeval's -1 (no object in that size range) becomes None
+              **{t: {k: round(100 * metrics[t][k], 2) if metrics[t][k] >= 0 else None
+                     for k in ("AP", "AP50", "AP75", "APs", "APm")} for t in metrics},
               "examples": _examples(val_set, preds) if spec["seed"] == 0 else None}
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))

@@ -70,7 +70,8 @@ def markdown_table(summary) -> str:
     """One table as markdown: per variant ours (mean ±half the spread) beside the paper's, then the gaps."""
     lines = [f"### {summary['title']}", "",
              f"Ours: `{summary['config']}`, {summary['image_size']} px, {summary['iterations']} iterations, "
-             f"{summary['seeds']} seeds (mean ±half the range). Paper: {summary['paper_note']}.", ""]
+             f"{summary['seeds']} seed{'s' if summary['seeds'] != 1 else ''} (mean ±half the range). "
+             f"Paper: {summary['paper_note']}.", ""]
     metric_name = {"segm": "mask", "bbox": "box"}
     head = ["variant"]
     for m in summary["metrics"]:
