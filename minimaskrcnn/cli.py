@@ -1,4 +1,4 @@
-"""``python -m minimaskrcnn demo | train | evaluate | predict | classroom``: parses the command line and calls
+"""``python -m minimaskrcnn demo | train | evaluate | predict | ablate | classroom``: parses the command line and calls
 :mod:`minimaskrcnn.engine` (``engine.run`` holds the building blocks) or :mod:`minimaskrcnn.classroom`.
 
 Errors a user can cause (a malformed annotation file, a missing image, a bad checkpoint, a diverged
@@ -112,6 +112,11 @@ def cmd_predict(args):
                         "the others were drawn")
 
 
+def cmd_ablate(args):
+    from .engine.ablate import main_args
+    main_args(args)
+
+
 def make_parser():
     p = argparse.ArgumentParser(prog="python -m minimaskrcnn", description="Mask R-CNN in NumPy.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -177,6 +182,19 @@ def make_parser():
     r.add_argument("--num-classes", type=int, default=None)
     common(r)
 
+    a = sub.add_parser("ablate", help="train the paper's ablations (Tables 2b-2e, 3) in miniature, beside its numbers")
+    a.add_argument("--table", choices=("2b", "2c", "2d", "2e", "3", "agnostic", "all"), default="all")
+    a.add_argument("--data", default=None, help="a COCO-format folder (default: the hard shapes set, generated "
+                                                "in data/shapes_hard on first use)")
+    a.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: 3 for 2c and 2d, else 2)")
+    a.add_argument("--iters", type=int, default=None, help="iterations per run (default: each table's own)")
+    a.add_argument("--out", default="runs/ablations", help="results; finished runs there are not trained again")
+    a.add_argument("--jobs", type=int, default=1, help="runs trained at a time (2 on 2 quiet cores)")
+    a.add_argument("--image-size", type=int, default=None, help="the models' input size (default 192)")
+    a.add_argument("--estimate", action="store_true", help="time a few iterations of each variant and print the "
+                                                           "projected wall time; trains nothing")
+    common(a)
+
     from .classroom.cli import add_parser as add_classroom_parser
     add_classroom_parser(sub, common)
     return p
@@ -192,7 +210,7 @@ def cmd_classroom(args):
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "classroom": cmd_classroom}
+            "ablate": cmd_ablate, "classroom": cmd_classroom}
 
 
 def main(argv=None) -> int:

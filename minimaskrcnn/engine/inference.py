@@ -24,9 +24,18 @@ def _predictions(model, dataset, batch_size, progress, desc):
             bar.update(len(images))
 
 
+def model_iou_types(model) -> tuple:
+    """What a model predicts, as COCOeval's iou types: 'bbox', plus 'segm' with a mask branch (a Faster R-CNN,
+    ``mask_on=False``, has none: Table 3)."""
+    heads = getattr(model, "roi_heads", None)
+    if heads is None:                   # a stand-in with only predict(): boxes and masks
+        return ("bbox", "segm")
+    return ("bbox",) + (("segm",) if heads.has_mask else ())
+
+
 def evaluate_model(model, dataset, batch_size: int = 8, out_dir=None, verbose: bool = True, progress: bool = True,
                    keep_masks: int | None = None):
-    """COCO AP of ``model`` on ``dataset`` for boxes and masks.
+    """COCO AP of ``model`` on ``dataset`` for boxes and masks (masks only when the model predicts them).
 
     Each image's masks are encoded to COCO's RLE as its prediction arrives (``CocoEvaluator.update``), so
     a split is scored without holding its full-size masks (one 2000x1500 image's 100 masks: ~300 MB as bool).
@@ -38,7 +47,7 @@ def evaluate_model(model, dataset, batch_size: int = 8, out_dir=None, verbose: b
     Returns ``(metrics, evaluator, predictions)``; ``metrics`` is ``{'bbox': {...}, 'segm': {...}}`` with
     COCOeval's 12 numbers each (``AP``, ``AP50``, ``AP75``, ...).
     """
-    evaluator = CocoEvaluator.from_dataset(dataset)
+    evaluator = CocoEvaluator.from_dataset(dataset, model_iou_types(model))
     preds = []
     for i, p in _predictions(model, dataset, batch_size, progress, desc="evaluate"):
         evaluator.update(dataset.image_ids[i], p)

@@ -208,6 +208,8 @@ def build_maskrcnn_fpn(config: MaskRCNNConfig) -> MaskRCNN:
     else:  # Table 2e: fc 1024 -> fc 1024 -> K x 28 x 28 on the flattened 14x14 RoI
         mask_head = MaskMLPHead(c.fpn_channels * c.mask_pool_size ** 2, (c.representation_size,) * 2, dtype=dt)
         mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
+    if not c.mask_on:
+        mask_head = mask_predictor = None
     pooled = tuple(range(len(body.out_channels)))    # P2..P5: one per ResNet stage (P6 only serves the RPN)
     roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
                                 mask_resolution=2 * c.mask_pool_size, featmap_levels=pooled)
