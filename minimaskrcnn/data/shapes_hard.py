@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .shapes_draw import (IN_IMAGE, MIN_VISIBLE_PIXELS, _contrasting_colour, _gradient_background, shape_area,
-                          shape_mask, visible_masks)
+from .shapes_draw import (IN_IMAGE, MIN_VISIBLE_PIXELS, _gradient_background, paint_shapes, shape_area, shape_mask,
+                          visible_masks)
 
 HARD_NAMES = ("circle", "rectangle", "triangle", "ellipse", "ring", "cross", "hexagram", "pentagon")
 HARD_CATEGORIES = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(HARD_NAMES)]
@@ -132,11 +132,5 @@ def draw_hard_image(rng: np.random.Generator, image_size: int = 192, max_objects
     :func:`~minimaskrcnn.data.shapes_draw.draw_shapes_image`)."""
     background = _gradient_background(rng, image_size)
     shapes, labels = place_hard_shapes(rng, image_size, max_objects, object_size, min_visible)
-    masks = visible_masks(shapes)
-    image, colours = background.copy(), []
-    for shape, mask in zip(shapes, masks, strict=True):
-        ys, xs = np.nonzero(shape)
-        colours.append(_contrasting_colour(rng, [background[int(ys.mean()), int(xs.mean())], *colours]))
-        image[mask] = colours[-1]
-    image += rng.normal(0.0, rng.uniform(*noise), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, labels
+    image, masks = paint_shapes(rng, background, shapes, noise)
+    return image, masks, labels
