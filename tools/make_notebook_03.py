@@ -914,8 +914,8 @@ ax.set_xlabel("rpn.nms_thresh"), ax.set_ylabel("proposals (before the top-n cut)
 plt.show()
 #    A lower threshold removes more overlapping boxes: fewer proposals, and fewer near-duplicates among the
 #    best ones, whose places go to other boxes (on this image each object's best box stays in the top 10 at
-#    every threshold, so its best IoU does not change). At 1.0 nothing is suppressed (IoU is never above 1): NMS is off, and every
-#    candidate of section 5 stays, duplicates included.
+#    every threshold, so its best IoU does not change). At 1.0 nothing is suppressed (IoU is never above 1):
+#    NMS is off, and every candidate of section 5 stays, duplicates included.
 assert all(counts[a] <= counts[b] for a, b in zip(counts, list(counts)[1:])) and counts[0.5] < counts[0.9]
 assert counts[1.0] == len(candidates)
 

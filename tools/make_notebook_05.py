@@ -1195,8 +1195,9 @@ for kind in ("circle", "triangle"):
 mapper56 = LevelMapper(2, 5, canonical_scale=56)
 for name, boxes_ in (("proposals", t_proposals), ("GT boxes", [gt_boxes])):
     lv224, lv56 = mapper(boxes_to_rois(boxes_, np)), mapper56(boxes_to_rois(boxes_, np))
-    print(f"7. {name:9s} share per level P2..P5: canonical 224 {np.round(np.bincount(lv224, minlength=4) / len(lv224), 2)}"
-          f", canonical 56 {np.round(np.bincount(lv56, minlength=4) / len(lv56), 2)}")
+    share224 = np.round(np.bincount(lv224, minlength=4) / len(lv224), 2)
+    share56 = np.round(np.bincount(lv56, minlength=4) / len(lv56), 2)
+    print(f"7. {name:9s} share per level P2..P5: canonical 224 {share224}, canonical 56 {share56}")
 fig, ax = plt.subplots(figsize=(4.5, 3))
 lv56 = mapper56(boxes_to_rois(t_proposals, np))
 ax.bar(np.arange(4), np.bincount(lv56, minlength=4) / len(lv56))
