@@ -485,5 +485,86 @@ md("""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+def shifted_predictions(ds, shift, score_rng=None):
+    # section 5's predictions() for any data set; score_rng: random scores instead of 1
+    out = []
+    for i in range(len(ds)):
+        t = ds.get_target(i)
+        m = np.zeros_like(t["masks"])
+        m[:, :, shift:] = t["masks"][:, :, : t["masks"].shape[2] - shift]
+        scores = score_rng.random(len(t["labels"])) if score_rng is not None else np.ones(len(t["labels"]))
+        out.append({"boxes": t["boxes"] + np.array([shift, 0, shift, 0], np.float32), "labels": t["labels"],
+                    "scores": scores, "masks": m})
+    return out
+
+
+# 1. Bigger objects (20-60 px instead of 10-60): the same 2 px shift is a smaller fraction of each object,
+#    so it costs less AP (a 40 px box shifted 2 px keeps IoU 0.90, a 20 px one 0.82).
+big_root = Path(tempfile.mkdtemp()) / "shapes_big"
+make_shapes_dataset(big_root, num_train=0, num_val=NUM_VAL, image_size=IMAGE_SIZE, seed=SEED,
+                    object_size=(20, 60), progress=False)
+big_val = CocoDataset(big_root, "val")
+big = {}
+for shift in (0, 2):
+    s, _ = evaluate_predictions(big_val, shifted_predictions(big_val, shift), verbose=False)
+    big[shift] = (s["bbox"]["AP"], s["segm"]["AP"])
+print(f"1. shift 2 px, objects 10-60 px: bbox AP {results[2][0]:.3f}, segm AP {results[2][1]:.3f}")
+print(f"   shift 2 px, objects 20-60 px: bbox AP {big[2][0]:.3f}, segm AP {big[2][1]:.3f}")
+assert np.allclose(big[0], (1.0, 1.0), atol=1e-12)
+assert big[2][0] > results[2][0] and big[2][1] > results[2][1]
+
+
+# 2. Uncompressed RLE: alternate 0 and 1 runs (starting with 0), column-major, so reshape in Fortran order.
+def rle_decode(counts, h, w):
+    values = np.arange(len(counts)) % 2                         # 0, 1, 0, 1, ...
+    return np.repeat(values, counts).astype(np.uint8).reshape((h, w), order="F")
+
+
+assert np.array_equal(rle_decode(runs, *tiny.shape), tiny)
+n_checked = 0
+for a in coco_json["annotations"]:
+    rle = a["segmentation"]                                       # compressed: let pycocotools unpack it
+    h, w = rle["size"]
+    mask = mask_util.decode(rle)
+    flat = mask.ravel(order="F")
+    counts = np.diff(np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]]))   # run lengths
+    if flat[0] == 1:
+        counts = np.concatenate([[0], counts])                    # the first run is always of 0s
+    ours = mask_util.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+    assert np.array_equal(rle_decode(counts, h, w), mask_util.decode(ours))
+    assert np.array_equal(rle_decode(counts, h, w), mask)
+    n_checked += 1
+print(f"2. rle_decode agrees with mask_util.decode on all {n_checked} masks of val")
+
+# 3. Random scores only change the order in which COCOeval walks the detections. Unshifted, every detection
+#    is a true positive at every IoU threshold, so precision is 1 at every recall whatever the order: AP 1.
+s, _ = evaluate_predictions(val, shifted_predictions(val, 0, np.random.default_rng(SEED)), verbose=False)
+print(f"3. random scores, no shift: bbox AP {s['bbox']['AP']:.3f}, segm AP {s['segm']['AP']:.3f}")
+assert np.allclose((s["bbox"]["AP"], s["segm"]["AP"]), (1.0, 1.0), atol=1e-12)
+
+# 4. For a disk of diameter D shifted by d, the box IoU is (D - d) / (D + d) ~ 1 - 2d/D, but the disk loses
+#    a crescent of area ~ D*d on each side of a smaller area (pi D^2 / 4): mask IoU ~ 1 - 8d / (pi D),
+#    falling 4/pi ~ 1.27 times faster. So for the same shift mask AP is the lower one.
+disk = shape_mask("circle", 32.0, 32.0, 20, 0.0, 1.0, 64)
+for d in (1, 2, 4):
+    moved = np.zeros_like(disk)
+    moved[:, d:] = disk[:, :-d]
+    mask_iou = (disk & moved).sum() / (disk | moved).sum()
+    print(f"4. 20 px disk shifted {d} px: box IoU {iou_shift(20, d):.3f}, mask IoU {mask_iou:.3f}")
+    assert mask_iou < iou_shift(20, d)
+print("   section 5 (bbox AP, segm AP):", {k: tuple(round(v, 3) for v in r) for k, r in results.items()})
+assert all(results[k][1] < results[k][0] for k in (1, 2, 4))
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

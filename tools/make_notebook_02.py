@@ -694,5 +694,115 @@ md("""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+# 1. ResNeXt-50 32x4d: same stages, strides and receptive fields (same kernels, same strides), fewer weights.
+#    Its bottleneck is twice as wide (128 in layer1 vs 64), but the 3x3 is split into 32 groups of 4
+#    channels: 9 * 128 * 128 / 32 = 4,608 weights instead of 9 * 64 * 64 = 36,864 in ResNet-50's 3x3.
+rx50 = ResNet(50, groups=32, width_per_group=4, norm="frozen_bn")
+c_rx = rx50(x)
+rx50.free_cache()
+assert [c.shape for c in c_rx] == [c.shape for c in c_r50]
+assert receptive_fields(rx50) == rf_r50
+print(f"1. parameters: ResNet-50 body {r50.num_parameters():,d}, ResNeXt-50 32x4d body {rx50.num_parameters():,d}")
+for name, net in (("ResNet-50", r50), ("ResNeXt-50", rx50)):
+    conv2 = net.layer1[0].conv2
+    print(f"   {name}: layer1's 3x3 conv {tuple(conv2.weight.shape)}, groups {conv2.groups}, "
+          f"{conv2.weight.size:,d} weights")
+assert rx50.layer1[0].conv2.weight.size == 4608 and rx50.num_parameters() < r50.num_parameters()
+
+# 2. 100 x 150: every stride-2 layer rounds up, (H + 2p - k) // 2 + 1, so C2..C5 are ceil(H / 2^k).
+x_odd = rng.standard_normal((1, 3, 100, 150)).astype(np.float32)
+c_odd = tiny_model.backbone.body(x_odd)
+p_odd = tiny_model.backbone.fpn(c_odd)
+tiny_model.backbone.free_cache()
+print("2. C2..C5:", [c.shape[-2:] for c in c_odd], " P2..P6:", [p.shape[-2:] for p in p_odd])
+assert [c.shape[-2:] for c in c_odd] == stage_sizes(100, 150) == [(25, 38), (13, 19), (7, 10), (4, 5)]
+#    C4 has 7 rows, C5 4: a factor of 2 would give 8 rows, which cannot be added to 7. So the FPN upsamples to
+#    the lateral's size. Nearest neighbour reads coarse row floor(i * 4 / 7) for fine row i: 0,0,1,1,2,2,3,
+#    exactly floor(i / 2), i.e. "2x, then drop the last row". Only the last coarse row is copied once.
+rows = upsample_nearest_forward(np.arange(4.0).reshape(1, 1, 4, 1), size=(7, 1))[0][0, 0, :, 0]
+print("   fine rows 0..6 read coarse rows", rows.astype(int))
+assert np.array_equal(rows, np.arange(7) // 2)
+#    So the alignment is kept: coarse unit r still sits over fine units 2r and 2r+1, every level keeps its
+#    stride 2^k; the last coarse row just hangs half off the end (it was computed on padding). In the model
+#    preprocess pads to a multiple of 32 anyway, where the sizes are exact halves.
+
+# 3. One P2 unit of a frozen-BN ResNet-18 + FPN sees through C5 (the top-down path), so its receptive field
+#    is C5's plus the upsampling and the 3x3: here larger than the 224 px image. With the laterals of
+#    C3..C5 zeroed, only C2's path is left: C2's receptive field + 2 * 4 px (the 3x3 at stride 4).
+nn.init.manual_seed(SEED)
+probe_body = ResNet(18, norm="frozen_bn", widths=(8, 8, 8, 8), stem_channels=8)
+probe_fpn = BackboneWithFPN(probe_body, FeaturePyramidNetwork(probe_body.out_channels, 8))
+
+
+def p2_support():
+    p = probe_fpn(x_probe)
+    grads = [np.zeros_like(f) for f in p]
+    u = p[0].shape[-1] // 2
+    grads[0][0, int(np.abs(p[0][0, :, u, u]).argmax()), u, u] = 1.0
+    g = np.abs(probe_fpn.backward(grads)).sum(axis=(0, 1))
+    ys, xs = np.nonzero(g)
+    return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+full_support = p2_support()
+for block in probe_fpn.fpn.inner_blocks[1:]:                     # the laterals of C3, C4, C5
+    block[0].weight.data[...] = 0
+    block[0].bias.data[...] = 0
+cut_support = p2_support()
+rf_c2 = receptive_fields(probe_body)[0][1]
+rf_c5 = receptive_fields(probe_body)[3][1]
+print(f"3. P2 unit: support {full_support} px with the top-down path (C5's receptive field alone is {rf_c5} px),"
+      f" {cut_support} px without it (C2's receptive field {rf_c2} px + 8 = {rf_c2 + 8} px)")
+assert max(cut_support) <= rf_c2 + 8 < min(full_support)
+
+# 4. With independent images the std of a batch mean falls as 1/sqrt(n); drawn without replacement from
+#    NUM_IMAGES images it is sigma * sqrt((N - n) / (n (N - 1))), and 0 at n = N (the whole population).
+sizes_n = [1, 2, 4, 8, 16]
+N = NUM_IMAGES
+h_stem = stem(xs)                                  # section 3's activations (the name h was reused since)
+stem.free_cache()
+spread_n = [float(np.std([h_stem[rng.choice(N, n, replace=False)].mean(axis=(0, 2, 3)) - population_mean
+                          for _ in range(200)])) for n in sizes_n]
+predicted = [spread_n[0] * np.sqrt((N - n) / (n * (N - 1))) for n in sizes_n]
+fig, ax = plt.subplots(figsize=(4.5, 3))
+ax.loglog(sizes_n[:-1], spread_n[:-1], "o-", label="measured")
+ax.loglog(sizes_n[:-1], predicted[:-1], "k--", label="$\\sigma\\sqrt{(N-n)/(n(N-1))}$")
+ax.set_xlabel("images per batch"), ax.set_ylabel("std of the batch mean"), ax.legend()
+plt.show()
+print("4. spread:", {n: round(v, 4) for n, v in zip(sizes_n, spread_n)})
+assert all(a > b for a, b in zip(spread_n, spread_n[1:])) and spread_n[-1] < 1e-5
+#    Pixels of one image are strongly correlated (one background gradient, a few objects): the noise is in the
+#    image-to-image differences, so the effective sample size is the number of images, not of pixels. Using a
+#    quarter of each map (32 x 32 of 64 x 64 pixels) barely changes the spread, where independent pixels
+#    would double it:
+quarter = float(np.std([h_stem[rng.choice(N, 2, replace=False)][:, :, :32, :32].mean(axis=(0, 2, 3))
+                        - h_stem[:, :, :32, :32].mean(axis=(0, 2, 3)) for _ in range(200)]))
+print(f"   2 images, all pixels: {spread_n[1]:.4f}; 2 images, a quarter of the pixels: {quarter:.4f}")
+assert quarter < 1.6 * spread_n[1]
+
+# 5. Frozen BN is y = s * conv(x) + t per output channel, so it folds into the convolution:
+#    w' = w * s (each output channel's filter scaled), b' = t (+ s * b if the conv had a bias).
+r_mean, r_var = rng.standard_normal(8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32)
+g5, b5 = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+conv_out = F.conv2d_forward(xs[:2], stem.weight.data, None, 2, 3)[0]
+two_layers = F.frozen_batch_norm_forward(conv_out, g5, b5, r_mean, r_var)[0]
+s5 = g5 / np.sqrt(r_var + 1e-5)
+folded = F.conv2d_forward(xs[:2], stem.weight.data * s5[:, None, None, None], b5 - r_mean * s5, 2, 3)[0]
+print(f"5. conv + frozen BN vs folded conv: max difference {np.abs(two_layers - folded).max():.1e}")
+assert np.allclose(two_layers, folded, atol=1e-4)
+#    In training mode mu_B and sigma_B are functions of the current batch, not constants: no fixed w', b'
+#    reproduces them for every batch (and the backward would miss the gradient through mu_B and sigma_B).
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

@@ -831,5 +831,122 @@ md("""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+# 1. Anchors centred on their cell, (j s + s/2, i s + s/2): the grid moves by half a stride on every level.
+centred = np.concatenate([a + s / 2 for a, s in zip(per_level, strides)])
+iou_c = box_iou(gt_boxes, centred)
+strict_c = Matcher(0.7, 0.3, allow_low_quality_matches=False)(iou_c)
+matched_c = matcher(iou_c)
+print(f"1. {'GT':14s} {'best IoU: corner':>16} {'centre':>7} {'positives >= 0.7: corner':>25} {'centre':>7}")
+for g in range(len(gt_boxes)):
+    print(f"   {g}: {NAMES[labels[g]]:11s} {iou[g].max():16.2f} {iou_c[g].max():7.2f} "
+          f"{np.sum(strict == g):25d} {np.sum(strict_c == g):7d}")
+assert all(np.any(matched_c == g) for g in range(len(gt_boxes)))
+
+
+def gt_of(seed):
+    _, m, _ = draw_shapes_image(np.random.default_rng(1000 + seed), H)
+    return np.array([[x_.min(), y_.min(), x_.max() + 1, y_.max() + 1] for y_, x_ in (np.nonzero(k) for k in m)],
+                    dtype=np.float32)
+
+
+all_gt = np.concatenate([gt_of(i) for i in range(50)])                  # 50 more images, for exercise 2 too
+best_corner, best_centre = box_iou(all_gt, anchors).max(axis=1), box_iou(all_gt, centred).max(axis=1)
+gain, lose = int(np.sum(best_centre > best_corner + 1e-6)), int(np.sum(best_centre < best_corner - 1e-6))
+print(f"   over {len(all_gt)} objects of 50 images: mean best IoU {best_corner.mean():.3f} (corner) vs "
+      f"{best_centre.mean():.3f} (centre); {gain} objects gain, {lose} lose")
+#    Which objects gain is a coin flip: those whose centre happens to lie nearer the centred grid. Objects sit
+#    anywhere, so on average neither grid is better (the shapes are placed at continuous random positions).
+#    Once the low-quality rule is on, every object has a positive on either grid, so the offset changes only
+#    how good the best anchor is, and the learned deltas absorb a fixed half-stride shift anyway.
+assert gain > 0 and lose > 0 and abs(best_centre.mean() - best_corner.mean()) < 0.02
+
+# 2. The share of GT boxes without any anchor of IoU >= 0.7, by object size, for two sets of anchor sizes.
+size_of = np.sqrt((all_gt[:, 2] - all_gt[:, 0]) * (all_gt[:, 3] - all_gt[:, 1]))
+bins = np.array([8, 12, 16, 24, 32, 48, 64])
+which = np.clip(np.digitize(size_of, bins) - 1, 0, len(bins) - 2)
+small_sizes = AnchorGenerator(((12,), (24,), (48,), (96,), (192,)), (cfg.aspect_ratios,) * 5)
+missed, missed_small = {}, {}
+for name, gen in (("16...256", anchor_gen), ("12...192", small_sizes)):
+    no_good = box_iou(all_gt, np.concatenate(gen.anchors_per_level((H, W), feature_sizes))).max(axis=1) < 0.7
+    missed[name] = [float(no_good[which == b].mean()) if np.any(which == b) else np.nan for b in range(len(bins) - 1)]
+    missed_small[name] = float(no_good[size_of < 16].mean())
+    print(f"2. anchors {name} px: {no_good.mean():.0%} of {len(all_gt)} GT boxes have no anchor with IoU >= 0.7; "
+          f"{missed_small[name]:.0%} of those under 16 px")
+fig, ax = plt.subplots(figsize=(5, 3))
+for name, frac in missed.items():
+    ax.semilogx(np.sqrt(bins[:-1] * bins[1:]), frac, "o-", label=f"anchors {name} px")
+ax.set_xlabel("object size sqrt(w h), px"), ax.set_ylabel("share without an anchor >= 0.7"), ax.legend()
+plt.show()
+#    Most objects need the low-quality rule, at every size. Anchor sizes double from level to level, so an
+#    object whose size lies between two of them (a 23 px square between 16 and 32) reaches at best
+#    IoU 16^2 / 23^2 ~ 0.5 from the size mismatch alone, before any offset of the grid or any aspect-ratio
+#    mismatch (rotated triangles). The share is lowest near the anchor sizes and highest between them; anchors of
+#    12...192 px help the objects under 16 px and hurt those between 24 and 32 px: they move the gaps.
+assert min(missed["16...256"]) > 0.3 and missed_small["12...192"] < missed_small["16...256"]
+
+# 3. The RPN's NMS threshold on the fitted head of section 4 (eval mode: the testing numbers). The cut to
+#    post_nms_top_n (150) hides the effect on the count, so it is lifted here; the top 10 are what the cut keeps.
+model.eval()
+saved = rpn.nms_thresh, dict(rpn.post_nms_top_n)
+counts, best10, dupes = {}, {}, {}
+try:
+    rpn.post_nms_top_n["testing"] = 10 ** 6
+    for t in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+        rpn.nms_thresh = t
+        props = rpn(feats, sizes, batch.shape[-2:])[0][0]
+        counts[t], best10[t] = len(props), box_iou(gt_boxes, props[:10]).max(axis=1)
+        dupes[t] = int(np.sum(np.triu(box_iou(props[:10], props[:10]) > 0.5, k=1)))
+        print(f"3. nms_thresh {t:.1f}: {counts[t]:3d} proposals before the cut to {post_n}; top 10: {dupes[t]} "
+              f"pairs with IoU > 0.5, best IoU per GT {best10[t]}")
+finally:
+    rpn.nms_thresh, rpn.post_nms_top_n = saved[0], saved[1]
+fig, ax = plt.subplots(figsize=(4.5, 3))
+ax.plot(list(counts), list(counts.values()), "o-")
+ax.set_xlabel("rpn.nms_thresh"), ax.set_ylabel("proposals (before the top-n cut)")
+plt.show()
+#    A lower threshold removes more overlapping boxes: fewer proposals, and fewer near-duplicates among the
+#    best ones, whose places go to other boxes (on this image each object's best box stays in the top 10 at
+#    every threshold, so its best IoU does not change). At 1.0 nothing is suppressed (IoU is never above 1):
+#    NMS is off, and every candidate of section 5 stays, duplicates included.
+assert all(counts[a] <= counts[b] for a, b in zip(counts, list(counts)[1:])) and counts[0.5] < counts[0.9]
+assert counts[1.0] == len(candidates)
+
+# 4. NMS from one IoU matrix: box i survives unless an earlier kept box overlaps it with IoU > threshold.
+def nms_matrix(boxes, scores, thresh):
+    order = np.argsort(-scores, kind="stable")
+    m = box_iou(boxes[order], boxes[order])                     # (N, N), computed once
+    keep = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1:] &= m[i, i + 1:] <= thresh
+    return order[keep]
+
+
+for t in (0.3, 0.5, 0.7):
+    assert np.array_equal(nms_matrix(candidates, scores, t), nms(candidates, scores, t))
+print(f"4. nms_matrix == nms on the {len(candidates)} candidates of section 5, thresholds 0.3, 0.5, 0.7")
+#    The matrix version does N^2 IoUs (and N^2 memory) up front, then a loop that reads it: it wins for a few
+#    hundred or thousand boxes (one vectorised product, GPU-friendly). The while loop over kept boxes
+#    computes only K * N IoUs: it wins when N is large (N^2 memory runs out) and few boxes survive.
+
+# 5. Eq. (1) divides the box term by N_reg; torchvision by the number sampled (256). With 10 positives, a
+#    per-positive average would divide by 10: torchvision's term is 10 / 256 = 0.039 times that. Faster R-CNN's
+#    lambda / N_reg = 10 / 2400 = 1 / 240 per positive, torchvision's 1 / 256: nearly the same weight.
+n_pos, n_sampled = 10, 256
+print(f"5. box loss scale vs dividing by the positives: {n_pos / n_sampled:.3f}; "
+      f"Faster R-CNN 10/2400 = {10 / 2400:.5f} vs torchvision 1/256 = {1 / 256:.5f}")
+assert abs((10 / 2400) / (1 / 256) - 1) < 0.1
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

@@ -416,5 +416,135 @@ md("""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+def position_errors(op, stride=STRIDE, step=SHIFT_STEP):
+    # Section 3's experiment for any operator op(features, roi, stride) and stride: centroid - true centre.
+    sigma, half, cell_centres = 1.25 * stride, 3 * stride, stride * (np.arange(SIZE) + 0.5)
+    errors = []
+    for t in np.arange(0, 2 * stride + 1e-9, step):
+        cx, cy = 9.3 * stride + t, 10.6 * stride
+        d2 = (cell_centres[None, :] - cx) ** 2 + (cell_centres[:, None] - cy) ** 2
+        roi_t = np.array([[0, cx - half, cy - half, cx + half, cy + half]])
+        errors.append(where_is_it(op(np.exp(-d2 / (2 * sigma ** 2))[None, None], roi_t, stride), roi_t) - cx)
+    return np.array(errors)
+
+
+def align(mode="avg", ratio=2):
+    return lambda f, r, s: roi_align_forward(f, r, OUTPUT, 1 / s, ratio, True, mode=mode)[0]
+
+
+def pool(f, r, s):
+    return roi_pool_forward(f, r, OUTPUT, 1 / s)[0]
+
+
+# 1. RoIAlign with max: still no rounding, so no jumps of a cell; but the max of 4 points switches from one
+#    point to another as the object moves, so the curve has kinks and wobbles more than avg's.
+e_avg, e_max = position_errors(align("avg")), position_errors(align("max"))
+print(f"1. RoIAlign aligned=True, spread of the position error: avg {np.ptp(e_avg):.2f} px, "
+      f"max {np.ptp(e_max):.2f} px; RoIPool {np.ptp(error['RoIPool']):.2f} px")
+assert np.ptp(e_avg) <= np.ptp(e_max) < 0.25 * STRIDE < np.ptp(error["RoIPool"])
+
+# 2. At stride 32 every rounding is to a 32 px cell: RoIPool's error saws over about twice as many pixels.
+e_pool = {s: position_errors(pool, stride=s) for s in (16, 32)}
+for s_, e in e_pool.items():
+    print(f"2. RoIPool, stride {s_}: position error {e.min():+.1f} .. {e.max():+.1f} px (spread {np.ptp(e):.1f} px)")
+assert np.ptp(e_pool[32]) > 1.5 * np.ptp(e_pool[16])
+e_align32 = position_errors(align(), stride=32)
+print(f"   RoIAlign, stride 32: spread {np.ptp(e_align32):.2f} px")
+assert np.ptp(e_align32) < 0.05 * 32
+
+# 3. The sampling ratio: 1, 2 or adaptive (ceil(bin size) points: here the RoI is 6 cells, a bin 6/7 cell,
+#    so -1 means 1 point). Every choice follows the object; they differ by a little smoothing, not by jumps.
+for ratio in (1, 2, -1):
+    e = position_errors(align(ratio=ratio))
+    print(f"3. sampling_ratio {ratio:2d}: spread of the position error {np.ptp(e):.2f} px")
+    assert np.ptp(e) < 0.05 * STRIDE
+
+
+# 4. RoIAlign (avg) as four nested loops, from the kernel: RoI in cells (minus half a cell when aligned),
+#    bins of exactly roi/7 cells, grid_h x grid_w points per bin at the centres of a regular sub-grid.
+def bilinear(plane, y, x):
+    H_, W_ = plane.shape
+    if y < -1.0 or y > H_ or x < -1.0 or x > W_:          # a point off the map reads 0
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(y), int(x)
+    if y0 >= H_ - 1:
+        y0 = y1 = H_ - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= W_ - 1:
+        x0 = x1 = W_ - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = y - y0, x - x0
+    return ((1 - ly) * (1 - lx) * plane[y0, x0] + (1 - ly) * lx * plane[y0, x1]
+            + ly * (1 - lx) * plane[y1, x0] + ly * lx * plane[y1, x1])
+
+
+def roi_align_loops(features, rois, size, scale, ratio, aligned):
+    out = np.zeros((len(rois), features.shape[1], size, size))
+    for k, (n, *corners) in enumerate(rois.astype(np.float64)):
+        x1, y1, x2, y2 = (v * scale - (0.5 if aligned else 0.0) for v in corners)
+        w, h = (x2 - x1, y2 - y1) if aligned else (max(x2 - x1, 1.0), max(y2 - y1, 1.0))
+        gh = ratio if ratio > 0 else int(np.ceil(h / size))
+        gw = ratio if ratio > 0 else int(np.ceil(w / size))
+        for c in range(features.shape[1]):
+            for ph in range(size):
+                for pw in range(size):
+                    total = 0.0
+                    for iy in range(gh):
+                        for ix in range(gw):
+                            y = y1 + ph * h / size + (iy + 0.5) * h / size / gh
+                            x = x1 + pw * w / size + (ix + 0.5) * w / size / gw
+                            total += bilinear(features[int(n), c], y, x)
+                    out[k, c, ph, pw] = total / max(gh * gw, 1)
+    return out
+
+
+mine = roi_align_loops(x.astype(np.float64), rois, 7, 1 / 16, 2, True)
+print(f"4. four loops vs roi_align_forward (section 5's example): relative error {rel_error(mine, out_np):.1e}")
+assert rel_error(mine, out_np) < 1e-6
+from minimaskrcnn.ops.reference import roi_align_reference  # noqa: E402
+for aligned in (True, False):
+    ref = roi_align_reference(x, rois, 7, 1 / 16, 2, aligned)
+    assert rel_error(roi_align_loops(x.astype(np.float64), rois, 7, 1 / 16, 2, aligned), ref) < 1e-12
+print("   and equal to ops.reference.roi_align_reference, aligned True and False")
+
+# 5. The emulator runs the threads one after another: no two read-modify-write sequences ever interleave,
+#    so *p += v gives exactly atomicAdd's result there. On a GPU thousands of threads run at once; two of them
+#    can both read the old value of a cell, add their share, and write: one of the two additions is lost, and
+#    the gradient comes out too small, by a different amount on every run. Here is the kernel without atomics:
+import re  # noqa: E402
+racy_source = re.sub(r"atomicAdd\(([^,]+), ([^;]*)\);", r"*(\1) += \2;", source)
+racy = rawkernel.EmulatedKernel(racy_source, "roi_align_backward_f32", filename="roi_align_racy.cu")
+d_racy = np.zeros(x.shape, np.float32)
+racy((64,), (128,), (np.int32(dout.size), dout, rois, np.empty(1, np.int32), np.int32(C), np.int32(H), np.int32(W),
+                     np.int32(7), np.int32(7), np.float32(1 / 16), np.int32(2), np.int32(True), np.int32(False),
+                     np.int32(False), d_racy))
+print("5. emulated backward with *p += v vs atomicAdd: max difference",
+      np.abs(d_racy - roi_align_backward(dout, cache_k)).max())
+assert racy_source.count("+= grad * w") == 4 and np.allclose(d_racy, roi_align_backward(dout, cache_k), atol=1e-6)
+#    NumPy has the same trap: a[idx] += v with repeated indices keeps one update per index (the "last write
+#    wins" of a race), np.add.at(a, idx, v) adds them all (the atomicAdd).
+idx, v = np.array([3, 3, 3, 5]), np.ones(4)
+lost, kept = np.zeros(8), np.zeros(8)
+lost[idx] += v
+np.add.at(kept, idx, v)
+print(f"   a[idx] += 1 with idx {idx.tolist()}: a[3] = {lost[3]:.0f}; np.add.at: a[3] = {kept[3]:.0f}")
+assert lost[3] == 1 and kept[3] == 3
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

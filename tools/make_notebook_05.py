@@ -1035,5 +1035,184 @@ md(f"""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+from minimaskrcnn.model.heads import MaskMLPHead, MaskMLPPredictor  # noqa: E402
+from minimaskrcnn.model.losses import mask_channels  # noqa: E402
+
+tiny_cfg = config.tiny(num_classes=4)
+model.eval()                                        # every forward below is for fitting by hand or looking
+
+
+def fit_mask_branch(head, predictor, agnostic=False, steps=FIT_STEPS, lr=0.02):
+    # Section 7's fit, for any head and predictor: BCE on each RoI's class map (map 0 if class-agnostic).
+    head.train(), predictor.train()
+    opt = nn.SGD([*head.named_parameters("h"), *predictor.named_parameters("p")], lr=lr, momentum=0.9,
+                 weight_decay=0.0)
+    channel = np.zeros_like(fit_labels) if agnostic else fit_labels
+    for _ in range(steps):
+        logits = predictor(head(fit_pooled))
+        loss, cache = binary_cross_entropy_with_logits_forward(logits[np.arange(n_fit), channel], fit_targets)
+        d_logits = np.zeros_like(logits)
+        d_logits[np.arange(n_fit), channel] = binary_cross_entropy_with_logits_backward(1.0, cache)
+        opt.zero_grad()
+        head.backward(predictor.backward(d_logits))
+        opt.step()
+    head.eval(), predictor.eval()
+    return loss
+
+
+def gt_box_ious(head, predictor, agnostic=False):
+    # Section 7's test: the fitted branch on the GT boxes, pasted and binarised, IoU with the GT masks.
+    m = predictor(head(pooled_g))
+    p = 1 / (1 + np.exp(-m[np.arange(G), 0 if agnostic else det_labels]))
+    pasted_ = paste_masks_in_image(p, det_boxes, image.shape[:2], threshold=0.5)
+    return np.array([mask_iou(pasted_[g], gt_masks[g]) for g in range(G)])
+
+
+# 1. Class-agnostic vs class-specific, both fitted from the same fresh initialisation.
+result = {}
+for agnostic in (False, True):
+    nn.init.manual_seed(SEED)
+    head1 = MaskRCNNHeads(tiny_cfg.fpn_channels, tiny_cfg.mask_layers)
+    pred1 = MaskRCNNPredictor(tiny_cfg.mask_layers[-1], tiny_cfg.mask_dim_reduced, num_classes=1 if agnostic else 4)
+    loss1 = fit_mask_branch(head1, pred1, agnostic)
+    result[agnostic] = gt_box_ious(head1, pred1, agnostic)
+    print(f"1. {'class-agnostic' if agnostic else 'class-specific'}: final L_mask {loss1:.3f}, "
+          f"mask IoU per object {np.round(result[agnostic], 3)}")
+assert min(result[True]) > 0.5 and abs(result[True].mean() - result[False].mean()) < 0.15
+#    Nearly the same, as in the paper (29.7 vs 30.3 AP): the branch learns "the object in this box". The single
+#    map is handled by mask_channels (channel 0 for every RoI when there is one channel), which both
+#    maskrcnn_loss_forward (the channels it reads) and mask_probs (the map it returns) call; the softmax loss
+#    refuses one channel.
+print(inspect.getsource(mask_channels))
+assert np.array_equal(mask_channels(np.array([1, 3, 2]), 1), [0, 0, 0])
+
+# 2. positive_fraction 0.5 and only 10 random proposals: the jittered boxes are mostly positives, so the
+#    sample is half positives and the negatives are few (only the jittered boxes below IoU 0.5 and the 10).
+saved_fraction = rh.sampler.positive_fraction
+try:
+    rh.sampler.positive_fraction = 0.5
+    few = clip_and_clean(np.concatenate([jitter(gt_boxes, JITTERED_PER_OBJECT, 0.15, np.random.default_rng(SEED)),
+                                         random_boxes(10, 128, np.random.default_rng(SEED))]), 128).astype(np.float32)
+    _, _, labels2, _ = rh.select_training_samples([few], targets, np.random.default_rng(SEED))[0]
+finally:
+    rh.sampler.positive_fraction = saved_fraction
+print(f"2. positive_fraction 0.5, 10 random proposals: {int((labels2 > 0).sum())} positives, "
+      f"{int((labels2 == 0).sum())} negatives (default settings: {int(pos.sum())} and {int(neg.sum())})")
+assert (labels2 == 0).sum() < neg.sum()
+#    The classifier then sees little background: its prior for class 0 drops, so at test time background RoIs
+#    get lower background scores, more of them pass the score threshold, and false positives rise.
+
+# 3. L_box over the positives instead of all S samples: larger by S / |P|.
+per_positive = smooth_l1.sum() / len(p_idx)
+print(f"3. L_box / S = {loss_box:.4f}, L_box / |P| = {per_positive:.4f}: x{per_positive / loss_box:.2f} "
+      f"(S = {S}, |P| = {len(p_idx)})")
+assert np.isclose(per_positive / loss_box, S / len(p_idx))
+#    Dividing by S ties the box loss's weight to the share of positives: early in training, when proposals are
+#    poor and few are positive, the box term is small and the classifier (and the RPN) go first; the
+#    regression is weighted up as positives become common.
+
+# 4. Softmax at test time on section 5's example, for the rectangle (class 2): P(rect) = e^z2 / sum_j e^zj.
+#    In the overlap z1 = z2 = 6, so P(rect) = e^6 / (2 e^6 + 1) < 0.5: the rectangle's mask has a hole where
+#    the circle is, although its own map says "rectangle" there. The sigmoid mask is the whole rectangle.
+z5 = np.zeros((3,) + circle.shape)                   # section 5's logits (the names were reused since)
+z5[1], z5[2] = np.where(circle, 6.0, -6.0), np.where(rect, 6.0, -6.0)
+e5 = np.exp(z5 - z5.max(axis=0))
+soft_rect = (e5 / e5.sum(axis=0))[2] >= 0.5
+sig_rect = 1 / (1 + np.exp(-z5[2])) >= 0.5
+print(f"4. rectangle: sigmoid mask {sig_rect.sum()} px, softmax mask {soft_rect.sum()} px "
+      f"(the {overlap.sum()} overlap pixels missing)")
+assert np.array_equal(sig_rect, rect) and np.array_equal(soft_rect, rect & ~circle)
+#    They differ most where another class's map is at least as confident: z_k = 2 and z_j = 4 everywhere give a
+#    full sigmoid mask (sigmoid(2) = 0.88) and an empty softmax mask (e^2 / (1 + e^2 + e^4) = 0.11).
+toy = np.stack([np.zeros((8, 8)), np.full((8, 8), 2.0), np.full((8, 8), 4.0)])
+toy_soft = np.exp(toy) / np.exp(toy).sum(axis=0)
+print(f"   toy: sigmoid mask {int((1 / (1 + np.exp(-toy[1])) >= 0.5).sum())} of 64 px, softmax mask "
+      f"{int((toy_soft[1] >= 0.5).sum())} of 64 px")
+assert np.all(1 / (1 + np.exp(-toy[1])) >= 0.5) and not np.any(toy_soft[1] >= 0.5)
+
+# 5. An MLP mask head: Flatten -> fc 64*14*14 -> 256 -> ReLU -> fc 256 -> 4*28*28, fitted like section 7's FCN,
+#    then tested on positive RoIs that were not in the fit (other jittered boxes of the same objects).
+nn.init.manual_seed(SEED)
+mlp_head = MaskMLPHead(tiny_cfg.fpn_channels * 14 * 14, (256,))
+mlp_pred = MaskMLPPredictor(256, 4)
+nn.init.manual_seed(SEED)
+fcn_head = MaskRCNNHeads(tiny_cfg.fpn_channels, tiny_cfg.mask_layers)
+fcn_pred = MaskRCNNPredictor(tiny_cfg.mask_layers[-1], tiny_cfg.mask_dim_reduced, 4)
+n_mlp = mlp_head.num_parameters() + mlp_pred.num_parameters()
+n_fcn = fcn_head.num_parameters() + fcn_pred.num_parameters()
+print(f"5. parameters: MLP {n_mlp:,} (= {64 * 196 * 256 + 256 + 256 * 4 * 784 + 4 * 784:,}), FCN {n_fcn:,}")
+assert n_mlp == 64 * 196 * 256 + 256 + 256 * 4 * 784 + 4 * 784
+held = np.setdiff1d(np.flatnonzero(pos), fit_idx)
+pooled_held, _ = rh.pool(features, boxes_to_rois([rois[held]], np), rh.mask_pool_size, scales)
+targets_held = project_masks_on_boxes(gt_masks, rois[held], matched[held], 28) >= 0.5
+held_iou = {}
+for name, head5, pred5 in (("FCN", fcn_head, fcn_pred), ("MLP", mlp_head, mlp_pred)):
+    fit_loss = fit_mask_branch(head5, pred5, lr=0.02)
+    pred_masks = pred5(head5(pooled_held))[np.arange(len(held)), labels[held]] > 0
+    held_iou[name] = float(np.mean([(a & b).sum() / max((a | b).sum(), 1) for a, b in zip(pred_masks, targets_held)]))
+    print(f"   {name}: L_mask on the fit RoIs {fit_loss:.3f}; mean 28x28 mask IoU on {len(held)} other RoIs "
+          f"{held_iou[name]:.3f}")
+#    The MLP has about 20 times more weights, each output pixel with its own; with 16 RoIs it memorises them
+#    but has nothing that carries what it learnt to a shifted box. The FCN's shared 3x3 filters do.
+assert held_iou["FCN"] > held_iou["MLP"]
+
+# 6. The round trip GT -> M x M target -> pasted -> binarised, for objects of several sizes, M = 28 and 14.
+print("6. round-trip mask IoU      " + "  ".join(f"{sz:>5d} px" for sz in (10, 20, 40, 80, 120)))
+trip = {}
+for kind in ("circle", "triangle"):
+    for m in (28, 14):
+        row = []
+        for sz in (10, 20, 40, 80, 120):
+            obj = shape_mask(kind, 64.0, 64.0, sz, 0.3, 1.0, 128)[None]
+            ys_, xs_ = np.nonzero(obj[0])
+            box = np.array([[xs_.min(), ys_.min(), xs_.max() + 1, ys_.max() + 1]], np.float32)
+            back = paste_masks_in_image(project_masks_on_boxes(obj, box, np.array([0]), m), box, (128, 128),
+                                        threshold=0.5)
+            row.append(mask_iou(back[0], obj[0]))
+        trip[kind, m] = row
+        print(f"   {kind:8s} M = {m:2d}:         " + "  ".join(f"{v:8.3f}" for v in row))
+#    The smallest objects suffer most: the soft edge of the target (a ramp over about one pixel), binarised at
+#    0.5 after pasting, and the paste's fade to 0 at the box border cost a pixel-wide rim, which is a large part
+#    of a 10 px object and nothing for a 120 px one. The resolution itself matters little at these sizes: at
+#    M = 14 a 120 px object has 8.6 px cells and loses a point or two at most at 40-120 px, and small objects
+#    do not lose at all (a 10 px box needs no more than 14 cells). On COCO's objects, hundreds of pixels wide,
+#    14 x 14 cannot follow the outline. A fitted head can beat the round trip because its logits need not
+#    equal the soft target: it can push edge cells just over or under 0.5 where that makes the pasted,
+#    binarised mask fit better.
+for kind in ("circle", "triangle"):
+    assert np.argmin(trip[kind, 28]) == 0 and min(trip[kind, 28] + trip[kind, 14]) > 0.65
+    assert all(abs(a - b) < 0.05 for a, b in zip(trip[kind, 28][2:], trip[kind, 14][2:]))
+
+# 7. canonical_scale 56: k = floor(4 + log2(sqrt(wh) / 56)): under 28 px P2, 28-56 px P3, 56-112 px P4.
+mapper56 = LevelMapper(2, 5, canonical_scale=56)
+for name, boxes_ in (("proposals", t_proposals), ("GT boxes", [gt_boxes])):
+    lv224, lv56 = mapper(boxes_to_rois(boxes_, np)), mapper56(boxes_to_rois(boxes_, np))
+    share224 = np.round(np.bincount(lv224, minlength=4) / len(lv224), 2)
+    share56 = np.round(np.bincount(lv56, minlength=4) / len(lv56), 2)
+    print(f"7. {name:9s} share per level P2..P5: canonical 224 {share224}, canonical 56 {share56}")
+fig, ax = plt.subplots(figsize=(4.5, 3))
+lv56 = mapper56(boxes_to_rois(t_proposals, np))
+ax.bar(np.arange(4), np.bincount(lv56, minlength=4) / len(lv56))
+ax.set_xticks(np.arange(4), ["P2", "P3", "P4", "P5"]), ax.set_title("proposals, canonical_scale=56")
+plt.show()
+assert np.all(mapper(boxes_to_rois([gt_boxes], np)) == 0) and np.all(mapper56(boxes_to_rois([gt_boxes], np)) > 0)
+#    The shapes' RoIs (10-60 px) would read P2, P3 or P4, each from the level whose stride suits its size: this
+#    image's objects, 28-56 px, all move to P3. (Without FULL the proposals come from an untrained RPN, mostly
+#    small boxes that stay on P2; a trained RPN's proposals follow the objects.) But the demo's
+#    box and mask heads were trained on P2 features only (with the 224 rule every RoI went there): P3 and P4
+#    carry other statistics, so the heads would need retraining with the new mapper.
+model.train()
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

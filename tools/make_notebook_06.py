@@ -637,5 +637,159 @@ md("""
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first). The runs
+below are short (20 to 40 iterations of this notebook's small model) so that the notebook stays quick; the
+comments say what longer runs show.
+""")
+
+code(r"""
+### BEGIN SOLUTION
+from minimaskrcnn.engine.evaluator import evaluate_predictions  # noqa: E402
+
+
+def short_run(name, iters, **overrides):
+    # A fresh model (the same initial weights as section 5's), trained `iters` iterations with cfg's
+    # settings changed by `overrides`; returns the trainer and TrainingDiverged's message (None if it survived).
+    c = cfg.replace(max_iters=iters, **overrides)
+    t = Trainer(build_model(c), DataLoader(train_set, c.images_per_batch, seed=SEED, hflip_prob=c.hflip_prob),
+                Path(WORK.name) / name, max_iters=iters, checkpoint_every=0, progress=False)
+    try:
+        with np.errstate(all="ignore"):
+            t.train()
+        return t, None
+    except TrainingDiverged as e:
+        return t, str(e)
+
+
+# 1. Which loss keeps falling longest: the decrease from the middle of section 5's run to its end, per loss.
+half = len(total) // 2
+for k, v in history.items():
+    print(f"1. {k:12s} mean over iterations {half - n}..{half}: {np.mean(v[half - n:half]):.3f}, "
+          f"last {n}: {np.mean(v[-n:]):.3f} ({np.mean(v[-n:]) / np.mean(v[half - n:half]) - 1:+.0%})")
+#    The RPN's two losses keep falling to the end; the classifier and the mask loss have flattened, and the box
+#    loss rises as better proposals turn more RoIs into positives (section 5's notes). With ITERS = 400,
+#    NUM_TRAIN = 256 (or FULL) the classifier, box and mask losses fall again once the proposals are good:
+#    the mask loss is the one that keeps falling longest (sharp edges and small objects come last). Evaluated
+#    as in notebook 07, this 100-iteration model scores near zero AP: it is not a detector yet.
+summary, _ = evaluate_predictions(val_set, model.predict([val_set.load_image(i) for i in range(len(val_set))]),
+                                  verbose=False)
+print(f"   this run on the {len(val_set)} validation images: bbox AP {summary['bbox']['AP']:.3f}, "
+      f"segm AP {summary['segm']['AP']:.3f}")
+assert np.mean(history["objectness"][-n:]) < np.mean(history["objectness"][half - n:half])
+assert 0 <= summary["bbox"]["AP"] < 0.5
+
+# 2. Too hot: LR 0.02 after a 20-iteration warm-up, then the same rate with a 100-iteration warm-up (60
+#    iterations each: the first run stops before that).
+hot, hot_msg = short_run("hot", 60, lr=0.02, warmup_iters=20)
+warm, warm_msg = short_run("hot_warm100", 60, lr=0.02, warmup_iters=100)
+blow_up = {}
+for name_, (t, msg) in (("warm-up 20", (hot, hot_msg)), ("warm-up 100", (warm, warm_msg))):
+    print(f"2. LR 0.02, {name_}: {'stopped: ' + msg.split(';')[0] if msg else 'survived'} "
+          f"({len(t.log['losses'])} iterations logged)")
+    for k in LOSS_NAMES:
+        v = np.array([r[k] for r in t.log["losses"]])
+        over = np.flatnonzero(v > 10 * np.median(v[:20]))        # 10 times its usual size
+        blow_up[name_, k] = int(over[0]) if len(over) else None
+        print(f"   {k:17s} first above 10x its median of the first 20 iterations: iteration {blow_up[name_, k]}")
+#    With the short warm-up the rate is at 0.02 from iteration 20 while the heads are still poor: the second
+#    stage's losses (classifier, box regression) blow up first, a few iterations before the RPN's, and the
+#    guard stops the run at the first non-finite value (and says the loss had been spiking for a few
+#    iterations). With a 100-iteration warm-up the rate is still about 0.01 at iteration 60, and the run is fine
+#    so far; it reaches 0.02 only after 100 iterations of training, with smaller gradients.
+assert warm_msg is None and all(blow_up["warm-up 100", k] is None for k in LOSS_NAMES)
+assert hot_msg is not None or any(blow_up["warm-up 20", k] is not None for k in LOSS_NAMES)
+
+# 3. No warm-up at LR 0.01, against section 5's warmed-up run: the first 20 iterations of each loss.
+cold, cold_msg = short_run("cold", 20, warmup_iters=0)
+print(f"3. LR 0.01 without warm-up: {'stopped: ' + cold_msg.splitlines()[0] if cold_msg else 'survived'}")
+fig, axes = plt.subplots(1, 5, figsize=(15, 2.6))
+for ax, k in zip(axes, LOSS_NAMES):
+    ax.plot([r[k] for r in log["losses"][:20]], label="warm-up 20")
+    ax.plot([r[k] for r in cold.log["losses"]], label="no warm-up")
+    ax.set_title(k, fontsize=8)
+axes[0].legend(fontsize=7)
+plt.show()
+#    At 0.01 the run survives here, but its first iterations take full-size steps with random heads: the losses
+#    jump around more before they settle. The warm-up costs a few iterations and buys stability.
+assert all(np.isfinite(r[k]) for r in cold.log["losses"] for k in LOSS_NAMES)
+
+# 4. What a resume needs: B resumed from A's checkpoint, with one piece of state thrown away each time.
+a2 = fresh_trainer(base / "resume_A", K)       # A again: B's run overwrote resume/last.npz with iteration 2K
+a2.train()
+
+
+def resumed(omit):
+    t = fresh_trainer(base / "resume_A", 2 * K)                     # A's checkpoint (K iterations)
+    t.load()
+    if omit == "momentum":
+        t.optimizer.velocity = {}
+    elif omit == "loader position":
+        t.loader = DataLoader(train_set, cfg.images_per_batch, seed=SEED, hflip_prob=cfg.hflip_prob)
+    elif omit == "random state":
+        t.model.rng = np.random.default_rng(12345)
+    t.max_iters, t.out_dir = 2 * K, str(base / f"omit_{omit.replace(' ', '_')}")
+    t.train()
+    return max(differences(t, c).values(), default=0.0)
+
+
+drift = {omit: resumed(omit) for omit in ("nothing", "momentum", "loader position", "random state")}
+for omit, dmax in drift.items():
+    print(f"4. resumed without the {omit:15s}: largest weight difference from run C {dmax:.2e}")
+#    Momentum and the loader position each break exactness. The random state does not, here: every random draw
+#    of a training step comes from a generator seeded by (seed, iteration, image), so model.rng is not read
+#    in training (it is saved for code that does draw from it). The loader position moves the weights
+#    furthest: B then trains on other images (a different gradient at every step), while without momentum
+#    only the first steps after the resume differ (the velocity is rebuilt within a few iterations).
+assert drift["nothing"] == 0.0 and drift["momentum"] > 0 and drift["loader position"] > 0
+assert drift["loader position"] > drift["momentum"]
+
+# 5. How noisy are batch statistics with 4 (or 2) images of 64 px? The first BN layer's batch means over
+#    random batches of the training images, against the mean over all of them.
+net = build_model(cfg).eval()
+stem_out = np.concatenate([net.backbone.body.conv1(net.preprocess([train_set.load_image(i)])[0])
+                           for i in range(NUM_TRAIN)])
+population = stem_out.mean(axis=(0, 2, 3))
+bn_rng = np.random.default_rng(SEED)
+noise = {b: float(np.std([stem_out[bn_rng.choice(NUM_TRAIN, b, replace=False)].mean(axis=(0, 2, 3)) - population
+                          for _ in range(100)]) / stem_out.std(axis=(0, 2, 3)).mean()) for b in (2, 4)}
+print(f"5. std of the first BN layer's batch means, in units of a channel's spread: 4 images {noise[4]:.1%}, "
+      f"2 images {noise[2]:.1%}")
+assert noise[2] > noise[4]
+two_img, _ = short_run("two_images", 40, images_per_batch=2)
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(loss_history(log)["total"][:40], label="4 images per batch")
+ax.plot(loss_history(two_img.log)["total"], label="2 images per batch")
+ax.set_xlabel("iteration"), ax.set_ylabel("total loss"), ax.legend()
+plt.show()
+#    Halving the batch makes both the statistics and the gradient noisier: the curve with 2 images is more
+#    jagged (and each iteration sees half the images).
+
+# 6. Weight decay: the norm of all weights every 10 iterations, lambda = 1e-4 and 1e-2; and lambda * w against g.
+norms = {}
+for wd in (1e-4, 1e-2):
+    t, _ = short_run(f"wd{wd}", 0, weight_decay=wd)
+    norms[wd] = []
+    for step in range(0, 31, 10):
+        t.max_iters = step
+        t.train()
+        norms[wd].append(float(np.sqrt(sum(np.sum(p_.data.astype(np.float64) ** 2)
+                                           for _, p_ in t.model.named_parameters()))))
+    print(f"6. weight_decay {wd:g}: |w| at iterations 0, 10, 20, 30: {np.round(norms[wd], 2)}")
+cls_w = dict(t.model.named_parameters())["roi_heads.box_predictor.cls_score.weight"]
+print(f"   classifier weights after 30 iterations: |lambda w| = {1e-2 * np.abs(cls_w.data).mean():.1e} "
+      f"(lambda = 1e-2), {1e-4 * np.abs(cls_w.data).mean():.1e} (lambda = 1e-4); |g| = {np.abs(cls_w.grad).mean():.1e}")
+#    With 1e-2 the decay term is a tenth of the classifier's gradient, and more than that for the many weights
+#    whose gradients are smaller: the norm of all weights falls within tens of iterations. With the paper's 1e-4
+#    it is a thousandth of the gradient and the norm still grows: a slow pull that matters over 160k
+#    iterations, not over a few dozen.
+assert norms[1e-2][-1] < norms[1e-2][0] and norms[1e-2][-1] < norms[1e-4][-1]
+assert 1e-4 * np.abs(cls_w.data).mean() < 0.01 * np.abs(cls_w.grad).mean()
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()
