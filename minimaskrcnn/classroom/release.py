@@ -25,7 +25,10 @@ from .student import student_md
 HIDDEN_DIR = "tests/hidden/"
 SKIP_DIRS = {".git", ".venv", "venv", "runs", "dist", "build", "__pycache__", ".ipynb_checkpoints",
              ".pytest_cache", ".ruff_cache", ".hypothesis"}
-NOTEBOOK_STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+# nbgrader's stub raises NotImplementedError. Ours does not: every notebook solution cell is the answer key of a
+# chapter's exercises, and a raising stub would stop the student's notebook there (and the release's own test
+# command, which runs every notebook), while nothing in the chapter depends on the key.
+NOTEBOOK_STUB = "# YOUR CODE HERE: your answers to the exercises above (the worked key stays with the teacher)"
 # Released .cu files get this prelude: the CPU emulator defines NOT_IMPLEMENTED itself (it raises
 # NotImplementedError in Python); NVRTC on a GPU does not, and there the stub stops the kernel.
 CUDA_PRELUDE = ("#ifndef NOT_IMPLEMENTED  // a classroom stub (minimaskrcnn/classroom): stop the kernel on a GPU\n"

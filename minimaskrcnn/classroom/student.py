@@ -18,7 +18,7 @@ REWARD = {
           "loss_rpn_box_reg in the printed losses are yours).",
     "A6": "Your RoIAlign can run the whole detector. The model uses the fast NumPy path by default "
           "(`roi_impl=\"numpy\"`); switch it to yours by setting `roi_impl: str = \"simple\"` in "
-          "`minimaskrcnn/config.py` (or `configs.tiny(num_classes, roi_impl=\"simple\")` in Python), then "
+          "`minimaskrcnn/config.py` (or `config.tiny(num_classes, roi_impl=\"simple\")` in Python), then "
           "`python -m minimaskrcnn demo --iters 300` trains Mask R-CNN with every RoI feature and every mask "
           "target read by your code. Your RoIPool runs it with `roi_op: str = \"pool\"`: Table 2c's comparison, "
           "on your own operators.",
