@@ -76,19 +76,29 @@ def _capsule(x, y, a, b, radius):
 def person_silhouette(pose: dict, height: float, shape, offset=0.0):
     """(H, W) bool: the person's pixels on a canvas of ``shape``, its origin at ``-offset`` image pixels;
     and (H, W) bool: the face marks (eyes, nose), drawn in another colour, inside the silhouette."""
-    x = np.arange(shape[1], dtype=np.float64)[None, :] + 0.5 - offset
-    y = np.arange(shape[0], dtype=np.float64)[:, None] + 0.5 - offset
-    mask = np.zeros(shape, bool)
+    # Only the window around the joints can be painted (every radius is below 0.1 h + the head's): rasterise
+    # there, a few times faster than the whole canvas, with the same pixels.
+    pts = np.stack([v for v in pose.values() if np.ndim(v) == 1]) + offset
+    reach = 0.1 * height + 1.3 * pose["head_r"] + 2
+    c0, r0 = (np.clip(np.floor(pts.min(axis=0) - reach), 0, None)).astype(int)
+    c1, r1 = np.minimum(np.ceil(pts.max(axis=0) + reach).astype(int), (shape[1], shape[0]))
+    mask, face = np.zeros(shape, bool), np.zeros(shape, bool)
+    if c1 <= c0 or r1 <= r0:
+        return mask, face
+    x = np.arange(c0, c1, dtype=np.float64)[None, :] + 0.5 - offset
+    y = np.arange(r0, r1, dtype=np.float64)[:, None] + 0.5 - offset
+    win = np.zeros((r1 - r0, c1 - c0), bool)
     for a, b, r in _LIMBS:
-        mask |= _capsule(x, y, pose[a], pose[b], r * height)
+        win |= _capsule(x, y, pose[a], pose[b], r * height)
     r = pose["head_r"]
-    mask |= _capsule(x, y, pose["head"], pose["head"], r)
+    win |= _capsule(x, y, pose["head"], pose["head"], r)
     for ear in ("left_ear", "right_ear"):
-        mask |= _capsule(x, y, pose[ear], pose[ear], 0.3 * r)
-    face = np.zeros(shape, bool)
+        win |= _capsule(x, y, pose[ear], pose[ear], 0.3 * r)
+    marks = np.zeros_like(win)
     for mark in ("left_eye", "right_eye", "nose"):
-        face |= _capsule(x, y, pose[mark], pose[mark], max(0.22 * r, 0.8))
-    return mask, face & mask
+        marks |= _capsule(x, y, pose[mark], pose[mark], max(0.22 * r, 0.8))
+    mask[r0:r1, c0:c1], face[r0:r1, c0:c1] = win, marks & win
+    return mask, face
 
 
 def keypoint_array(pose: dict) -> np.ndarray:
