@@ -119,7 +119,7 @@ def keypoint_sigmas(names, sigmas=None) -> np.ndarray:
         s = np.asarray(sigmas, np.float64).reshape(-1)
         if s.shape[0] != len(names) or not np.all(s > 0):
             raise ValueError(f"keypoint sigmas: need {len(names)} positive numbers (one per keypoint), got "
-                             f"{list(np.asarray(sigmas).reshape(-1))}")
+                             f"{[float(v) for v in np.asarray(sigmas).reshape(-1)]}")
         return s
     if is_coco_person(names):
         return np.asarray(COCO_PERSON_SIGMAS, np.float64)
