@@ -57,7 +57,6 @@ import numpy as np
 if importlib.util.find_spec("minimaskrcnn") is None:  # a source checkout without `pip install -e .`
     sys.path.insert(0, os.path.abspath(".."))
 
-from minimaskrcnn import config
 from minimaskrcnn.data.coco import CocoDataset
 from minimaskrcnn.data.keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SIGMAS, COCO_PERSON_SKELETON
 from minimaskrcnn.data.poses import make_poses_dataset
