@@ -183,7 +183,8 @@ def r50_fpn_keypoints(num_classes: int = 2, **overrides) -> MaskRCNNConfig:
     """The paper's §5 keypoint model, torchvision's ``keypointrcnn_resnet50_fpn``: ResNet-50-FPN, person vs
     background, no mask branch (Table 5 "keypoint-only"; ``mask_on=True`` gives "keypoint & mask"), 17 COCO
     keypoints from 8 x 512 3x3 convs on RoIAlign 14x14, 56x56 heatmaps."""
-    return _with(MaskRCNNConfig(num_classes=num_classes, keypoint_on=True, mask_on=False), overrides)
+    return _with(MaskRCNNConfig(num_classes=num_classes, keypoint_on=True, mask_on=False,
+                                **_coco_keypoints(overrides)), overrides)
 
 
 def tiny_keypoints(num_classes: int = 2, **overrides) -> MaskRCNNConfig:
@@ -191,7 +192,17 @@ def tiny_keypoints(num_classes: int = 2, **overrides) -> MaskRCNNConfig:
     mask branch, for the synthetic pose set on 2 CPU cores (the keypoint demo): 1,800 iterations of 4 images
     (an iteration costs ~1.1x the mask demo's), lr / 10 at 1,450."""
     return tiny(num_classes, **{"keypoint_on": True, "keypoint_layers": (32,) * 4, "max_iters": 1800,
-                                "lr_steps": (1450,), **overrides})
+                                "lr_steps": (1450,), **_coco_keypoints(overrides), **overrides})
+
+
+def _coco_keypoints(overrides: dict) -> dict:
+    """COCO's 17 person keypoints and skeleton: the keypoint configs' defaults (a run on other data replaces
+    them with the data's, ``engine.run.run_config``), so a converted COCO checkpoint draws its skeletons. None
+    when ``overrides`` ask for another number of keypoints."""
+    from .data.keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON
+    if overrides.get("num_keypoints", len(COCO_PERSON_KEYPOINTS)) != len(COCO_PERSON_KEYPOINTS):
+        return {}
+    return {"keypoint_names": COCO_PERSON_KEYPOINTS, "keypoint_skeleton": COCO_PERSON_SKELETON}
 
 
 CONFIGS = {"tiny": tiny, "resnet18_fpn": resnet18_fpn, "r50_fpn": r50_fpn, "r50_c4": r50_c4,

@@ -232,3 +232,12 @@ def test_keypoint_only_model_trains_and_an_empty_batch_gives_explicit_zero_gradi
     pred = model.predict(images[:1])[0]
     assert pred["keypoints"].shape == (len(pred["boxes"]), 3, 3)
     assert pred["keypoints_scores"].shape == (len(pred["boxes"]), 3)
+
+
+def test_targets_with_another_number_of_keypoints_are_refused_by_name():
+    rng = np.random.default_rng(0)
+    model = build_model(configs.tiny_keypoints(3, min_size=64, max_size=64, num_keypoints=3, keypoint_layers=(8,)))
+    image, target = scene_with_keypoints(rng, 2, k=17)
+    with pytest.raises(ValueError, match="predicts 3 keypoints; the targets have \\[17\\]"):
+        model.forward_train([image], [target])
+    assert configs.r50_fpn_keypoints().keypoint_names[9] == "left_wrist"   # COCO's names by default

@@ -346,6 +346,10 @@ class RoIHeads(nn.Module):
             return 0.0, None
         if any("keypoints" not in t for t in targets):
             raise ValueError("a model with a keypoint branch needs targets with 'keypoints' (G, K, 3) [x, y, v]")
+        K = self.keypoint_predictor.out_channels
+        if any(t["keypoints"].shape[1] != K for t in targets):
+            raise ValueError(f"the keypoint branch predicts {K} keypoints; the targets have "
+                             f"{[int(t['keypoints'].shape[1]) for t in targets]}")
         pooled, pool_cache = self.pool(levels, boxes_to_rois(boxes, xp), self.keypoint_pool_size, scales)
         logits = self.keypoint_predictor(self.keypoint_head(pooled))                      # (P, K, m, m)
         targets_on_grid = [keypoints_to_heatmap(xp.asarray(t["keypoints"], b.dtype)[s.matched_idxs[k]], b,
