@@ -5,9 +5,12 @@ calls ``xp.*``. Nothing here copies an array between host and device unless aske
 (:func:`to_numpy`, :func:`to_device`): a silent copy would hide a slow path, so mixing a NumPy and a
 CuPy array in one call raises instead.
 
-This is the only module that imports cupy; ``import minimaskrcnn`` works without it.
+This is the only module that imports cupy; ``import minimaskrcnn`` works without it. Tests put a strict
+stand-in in CuPy's place with :func:`use_fake_cupy` (``minimaskrcnn.testing.fakecupy``).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -17,6 +20,19 @@ try:  # CuPy is optional: the whole package runs on NumPy alone.
 except Exception:  # ImportError, or a CuPy without a usable CUDA runtime
     _cupy = None
     _cupyx = None
+
+
+@contextlib.contextmanager
+def use_fake_cupy(module):
+    """Test hook: inside ``with use_fake_cupy(fakecupy):``, ``module`` takes CuPy's place ('cuda' arrays are
+    its arrays; ``is_cupy``, ``get_xp``, ``to_device``, ``scatter_add`` use it). Never used outside tests."""
+    global _cupy, _cupyx
+    saved = _cupy, _cupyx
+    _cupy, _cupyx = module, module.cupyx
+    try:
+        yield module
+    finally:
+        _cupy, _cupyx = saved
 
 
 def cupy_available() -> bool:

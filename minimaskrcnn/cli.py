@@ -1,9 +1,14 @@
-"""``python -m minimaskrcnn demo | train | evaluate | predict``: parses the command line and calls
-:mod:`minimaskrcnn.engine` (``engine.run`` holds the building blocks).
+"""``python -m minimaskrcnn demo | train | evaluate | predict | ablate | classroom``: parses the command line and calls
+:mod:`minimaskrcnn.engine` (``engine.run`` holds the building blocks) or :mod:`minimaskrcnn.classroom`.
 
 Errors a user can cause (a malformed annotation file, a missing image, a bad checkpoint, a diverged
 run, an output folder that holds a run or cannot be written) end with one line naming the file and the
 problem and a non-zero exit code; ``--debug`` shows the traceback instead.
+
+``demo`` and ``train`` run data-parallel when started by ``mpiexec -n N`` (or ``srun``): see
+:mod:`minimaskrcnn.engine.distributed`. Rank 0 prints and writes; an error that every rank meets alike
+(options, set-up) is printed once and every rank exits; an error of one rank (its data, a NaN, a failed
+write) is printed with the rank's number and ends every rank through MPI's abort, so none waits forever.
 """
 from __future__ import annotations
 
@@ -28,10 +33,17 @@ def cmd_demo(args):
     keypoints = args.task == "keypoints"             # paper §5: the pose set and the keypoint model
     args.data = args.data or str(DEFAULT_DATA.parent / "poses" if keypoints else DEFAULT_DATA)
     args.out = args.out or str(DEFAULT_OUT.parent / "demo_keypoints" if keypoints else DEFAULT_OUT)
+    comm = args.comm
+    main_rank = comm.rank == 0
+    say = _printer(comm)
     check_run_folder(args.out, args.resume, args.force)
     writable_folder(args.out)
     ensure = ensure_poses_dataset if keypoints else ensure_shapes_dataset
-    root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=True, report=print)
+    if main_rank:        # one rank generates the data; the others wait, then find it complete
+        root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=True, report=say)
+    comm.barrier()
+    if not main_rank:
+        root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=False)
     train_set, val_set = open_dataset(root, "train"), open_dataset(root, "val")
     name = "tiny_keypoints" if keypoints else "tiny"
     if args.resume:
@@ -39,16 +51,18 @@ def cmd_demo(args):
     else:
         config = run_config(train_set.class_names, name, iters=args.iters,
                             keypoints=(train_set.keypoint_names, train_set.skeleton))
-    print(f"data: {root} ({train_set.summary()})")
-    print(f"training the '{name}' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
+    say(f"data: {root} ({train_set.summary()})")
+    say(f"training the '{name}' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
     model, trainer = train_model(config, train_set, args.out, args.device, resume=args.resume,
-                                 checkpoint_every=args.checkpoint_every)
+                                 checkpoint_every=args.checkpoint_every, comm=comm)
+    if not main_rank:    # rank 0 evaluates and draws
+        return
     metrics, evaluator, preds = evaluate_model(model, val_set, out_dir=args.out, keep_masks=8)
     files = save_plots(args.out, model, val_set, trainer.log, evaluator, preds)
     with open(Path(args.out) / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
-    print("\n" + headline(metrics))
-    print("wrote " + ", ".join(str(f) for f in files))
+    say("\n" + headline(metrics))
+    say("wrote " + ", ".join(str(f) for f in files))
 
 
 def headline(metrics) -> str:
@@ -78,8 +92,13 @@ def cmd_train(args):
         config, changes = run_config(train_set.class_names, **options,
                                      keypoints=(train_set.keypoint_names, train_set.skeleton)), None
     train_model(config, train_set, args.out, args.device, resume=args.resume, eval_set=val_set,
-                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, overrides=changes)
-    print(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
+                eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, overrides=changes, comm=args.comm)
+    _printer(args.comm)(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
+
+
+def _printer(comm):
+    """``print`` on rank 0, nothing on the other ranks (one copy of every message)."""
+    return print if comm.rank == 0 else (lambda *args, **kwargs: None)
 
 
 def cmd_evaluate(args):
@@ -116,13 +135,19 @@ def cmd_predict(args):
                         "the others were drawn")
 
 
+def cmd_ablate(args):
+    from .engine.ablate import main_args
+    main_args(args)
+
+
 def make_parser():
     p = argparse.ArgumentParser(prog="python -m minimaskrcnn", description="Mask R-CNN in NumPy.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(s):
-        s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    def common(s, device=True):
+        if device:
+            s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
         s.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                        help=f"BLAS threads for the matrix products (default {DEFAULT_THREADS}: robust when other "
                             "programs share the cores)")
@@ -185,36 +210,77 @@ def make_parser():
     r.add_argument("--config", default=None)
     r.add_argument("--num-classes", type=int, default=None)
     common(r)
+
+    a = sub.add_parser("ablate", help="train the paper's ablations (Tables 2b-2e, 3) in miniature, beside its numbers")
+    a.add_argument("--table", choices=("2b", "2c", "2d", "2e", "3", "agnostic", "all"), default="all")
+    a.add_argument("--data", default=None, help="a COCO-format folder (default: the hard shapes set, generated "
+                                                "in data/shapes_hard on first use)")
+    a.add_argument("--seeds", type=int, default=None, help="seeds per variant (default: 3 for 2c and 2d, else 2)")
+    a.add_argument("--iters", type=int, default=None, help="iterations per run (default: each table's own)")
+    a.add_argument("--out", default="runs/ablations", help="results; finished runs there are not trained again")
+    a.add_argument("--jobs", type=int, default=1, help="runs trained at a time (2 on 2 quiet cores)")
+    a.add_argument("--image-size", type=int, default=None, help="the models' input size (default 192)")
+    a.add_argument("--estimate", action="store_true", help="time a few iterations of each variant and print the "
+                                                           "projected wall time; trains nothing")
+    common(a)
+
+    from .classroom.cli import add_parser as add_classroom_parser
+    add_classroom_parser(sub, common)
     return p
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_classroom(args):
+    from .classroom import ClassroomError
+    from .classroom.cli import run
+    try:
+        return run(args)
+    except ClassroomError as e:
+        raise UserError(str(e)) from None
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "ablate": cmd_ablate, "classroom": cmd_classroom}
 
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     from .data.coco import DatasetError
     from .engine.checkpoint import CheckpointError
+    from .engine.distributed import DistributedError, SerialCommunicator, get_communicator, launched_rank
     from .engine.threads import blas_threads
     from .engine.trainer import TrainingDiverged
 
+    args.comm = SerialCommunicator()
     try:
         if getattr(args, "device", "cpu") == "cuda":
             from .backend import cupy_available
             if not cupy_available():
                 raise UserError("--device cuda needs CuPy and a CUDA GPU (pip install cupy-cuda12x)")
+        if args.command in ("demo", "train"):   # mpiexec -n N: data-parallel; else this process alone
+            args.comm = get_communicator(gpu=args.device == "cuda")
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         with blas_threads(args.threads):
             COMMANDS[args.command](args)
-    except (UserError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError,
-            FloatingPointError) as e:
-        if getattr(args, "debug", False):
+    except (UserError, DistributedError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError,
+            FileExistsError, FloatingPointError) as e:
+        if getattr(args, "debug", False) and args.comm.size == 1:
             raise
         what = "the model's outputs are not finite numbers: " if isinstance(e, FloatingPointError) else ""
-        print(f"minimaskrcnn {args.command}: error: {what}{e}", file=sys.stderr)
+        every_rank = isinstance(e, (UserError, DistributedError))    # met by every rank alike: say it once
+        if launched_rank() == 0 or not every_rank:
+            rank = f"rank {args.comm.rank} of {args.comm.size}: " if args.comm.size > 1 and not every_rank else ""
+            print(f"minimaskrcnn {args.command}: error: {rank}{what}{e}", file=sys.stderr, flush=True)
+        if args.comm.size > 1 and not every_rank:
+            args.comm.abort(1)          # the other ranks may be waiting for this one in a collective
         return 1
     except KeyboardInterrupt:
         print(f"\nminimaskrcnn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if args.comm.size > 1:      # a bug on one rank: show it, then end every rank instead of a hang
+            import traceback
+            traceback.print_exc()
+            args.comm.abort(1)
+        raise
     return 0

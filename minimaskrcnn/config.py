@@ -6,6 +6,8 @@
 - :func:`r50_c4`: the paper's ResNet-50-C4 (res5 as the RoI head, 14x14 masks).
 - :func:`r50_fpn_keypoints`: the paper's §5 keypoint model, torchvision's ``keypointrcnn_resnet50_fpn``.
 - :func:`tiny_keypoints`: :func:`tiny` with a keypoint branch (and its mask branch: Table 5's keypoint & mask).
+- :func:`tiny_c4`, :func:`tiny_c5`: small single-level models (stride 16: C4 + res5 head; stride 32: C5 + the FPN
+  heads) for the paper's Table 2 ablations on a CPU (``python -m minimaskrcnn ablate``).
 
 Defaults are torchvision's, which follow the paper (§3.1) and Detectron.
 """
@@ -22,7 +24,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class MaskRCNNConfig:
     num_classes: int                                  # including the background class 0
     # backbone (paper §3 "Network Architecture")
-    architecture: str = "fpn"                         # 'fpn' or 'c4'
+    architecture: str = "fpn"                         # 'fpn', 'c4' or 'c5' (one map at stride 32, Table 2d)
     depth: int = 50
     groups: int = 1                                   # ResNeXt cardinality
     width_per_group: int = 64
@@ -49,7 +51,7 @@ class MaskRCNNConfig:
     roi_op: str = "align"                             # 'align' | 'warp' | 'pool' (Table 2c)
     roi_mode: str | None = None                       # 'avg' | 'max' | None: the op's own (pool: max, else avg)
     roi_aligned: bool = False                         # torchvision's default; Detectron2 uses True
-    roi_impl: str = "numpy"                           # 'numpy' | 'kernel'
+    roi_impl: str = "numpy"                           # 'numpy' | 'simple' (readable NumPy) | 'kernel'
     sampling_ratio: int = 2
     box_pool_size: int = 7
     mask_pool_size: int = 14
@@ -93,8 +95,9 @@ class MaskRCNNConfig:
     class_names: tuple = field(default=())
 
     def __post_init__(self):
-        choices = {"architecture": ("fpn", "c4"), "norm": ("frozen_bn", "bn", "gn"),
-                   "roi_op": ("align", "warp", "pool"), "roi_impl": ("numpy", "kernel"), "mask_head": ("fcn", "mlp"),
+        choices = {"architecture": ("fpn", "c4", "c5"), "norm": ("frozen_bn", "bn", "gn"),
+                   "roi_op": ("align", "warp", "pool"), "roi_impl": ("numpy", "simple", "kernel"),
+                   "mask_head": ("fcn", "mlp"),
                    "mask_loss": ("sigmoid", "softmax"), "dtype": ("float32", "float64")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -205,8 +208,30 @@ def _coco_keypoints(overrides: dict) -> dict:
     return {"keypoint_names": COCO_PERSON_KEYPOINTS, "keypoint_skeleton": COCO_PERSON_SKELETON}
 
 
-CONFIGS = {"tiny": tiny, "resnet18_fpn": resnet18_fpn, "r50_fpn": r50_fpn, "r50_c4": r50_c4,
-           "tiny_keypoints": tiny_keypoints, "r50_fpn_keypoints": r50_fpn_keypoints}
+def tiny_c4(num_classes: int, **overrides) -> MaskRCNNConfig:
+    """:func:`tiny`'s ResNet as a C4 model (:func:`r50_c4`'s design): RPN and RoI pooling on the one stride-16
+    map, res5 (128 channels) as the RoI head, 14x14 masks. Table 2b/2c's setting. res5 runs on every sampled RoI
+    and is most of an iteration's time on a CPU, so 16 RoIs are sampled per image (64 per batch of 4; the paper's
+    C4: 64 per image, 2 images per GPU) and 100 proposals are kept at test (the paper's C4 keeps 300 where FPN
+    keeps 1000; ``tiny`` keeps 150)."""
+    t = tiny(num_classes)
+    cfg = r50_c4(num_classes, depth=18, norm="bn", stage_widths=t.stage_widths, stem_channels=t.stem_channels,
+                 frozen_stages=0, anchor_sizes=((16, 32, 64, 128),), rpn_pre_nms_top_n=(600, 300),
+                 rpn_post_nms_top_n=(300, 100), rpn_batch_size_per_image=128, mask_dim_reduced=32,
+                 box_batch_size_per_image=16, min_size=t.min_size, max_size=t.max_size,
+                 images_per_batch=t.images_per_batch, lr=t.lr, warmup_iters=t.warmup_iters, lr_steps=t.lr_steps,
+                 max_iters=t.max_iters, detections_per_img=t.detections_per_img)
+    return _with(cfg, overrides)
+
+
+def tiny_c5(num_classes: int, **overrides) -> MaskRCNNConfig:
+    """:func:`tiny` without the pyramid: RPN and RoI pooling on C5 alone (stride 32) and FPN's heads (2 fc box
+    head, FCN mask head, 28x28 masks), as the paper's Table 2d ("the res5 head is not applicable")."""
+    return tiny(num_classes, **{"architecture": "c5", "anchor_sizes": ((16, 32, 64, 128),), **overrides})
+
+
+CONFIGS = {"tiny": tiny, "resnet18_fpn": resnet18_fpn, "r50_fpn": r50_fpn, "r50_c4": r50_c4, "tiny_c4": tiny_c4,
+           "tiny_c5": tiny_c5, "tiny_keypoints": tiny_keypoints, "r50_fpn_keypoints": r50_fpn_keypoints}
 
 
 def get_config(name: str, num_classes: int, **overrides) -> MaskRCNNConfig:

@@ -11,6 +11,7 @@ from minimaskrcnn.testing import ANCHOR_CASES   # the cases tools/make_detops_fi
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_cell_anchors_by_hand():
     gen = AnchorGenerator(sizes=((32,),), aspect_ratios=((0.5, 1.0, 2.0),))
     # ratio = h / w: h = 32 sqrt(0.5) = 22.63, w = 32 / sqrt(0.5) = 45.25; halves 11.31 -> 11, 22.63 -> 23
@@ -18,6 +19,7 @@ def test_cell_anchors_by_hand():
                                   [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]])
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_cell_anchor_order_is_ratio_major():
     gen = AnchorGenerator(sizes=((10, 20),), aspect_ratios=((1.0, 4.0),))
     # ratio 1: sizes 10, 20; ratio 4 (h = 2 s, w = s / 2): sizes 10, 20
@@ -35,6 +37,7 @@ def test_default_anchors_are_the_papers():
         np.testing.assert_allclose(h / w, [0.5, 1.0, 2.0], rtol=0.1)  # ratio = height / width
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_grid_by_hand():
     gen = AnchorGenerator(sizes=((4,),), aspect_ratios=((1.0, 4.0),))
     anchors = gen((8, 8), [(2, 2)])  # stride 4: centres (0, 0), (4, 0), (0, 4), (4, 4), row by row
@@ -44,6 +47,7 @@ def test_grid_by_hand():
     assert anchors.dtype == np.float32
 
 
+@pytest.mark.assignment(id="A4", points=1)
 def test_levels_strides_and_concatenation():
     gen = AnchorGenerator()
     feats = [(25, 38), (13, 19), (7, 10), (4, 5), (2, 3)]
@@ -78,6 +82,7 @@ def test_cuda_anchors_equal_cpu():
 
 
 
+@pytest.mark.assignment(id="A4", points=1)
 @pytest.mark.torch_fixture
 @pytest.mark.parametrize("name", list(ANCHOR_CASES))
 def test_fixture_anchor_generator(name):

@@ -71,6 +71,7 @@ def _conv_case(case, rng):
             rng.standard_normal(Co), *pairs, g)
 
 
+@pytest.mark.assignment(id="A1", points=1)
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv2d_im2col_path_on_its_own(case, rng):
     """The plain path (the one students write) against the loops and central differences, for every case,
@@ -83,6 +84,33 @@ def test_conv2d_im2col_path_on_its_own(case, rng):
              ("x", "w", "b"), rng)
     out_none, cache_none = conv2d_forward_im2col(x, w, None, s, p, d, g)
     assert conv2d_backward_im2col(np.ones_like(out_none), cache_none)[2] is None
+
+
+@pytest.mark.assignment(id="A1", points=1)
+def test_im2col_columns_by_hand():
+    """The column layout im2col's docstring promises: row ``(c*kh + i)*kw + j``, column ``oy*Wo + ox``."""
+    x = np.arange(2 * 2 * 4 * 5, dtype=np.float64).reshape(2, 2, 4, 5)
+    cols = F.im2col(x, 2, 3, stride=(2, 1), padding=(1, 0), dilation=(1, 2))     # Ho = 3, Wo = 1
+    assert cols.shape == (2, 2 * 2 * 3, 3 * 1)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    for n, c, i, j, oy in np.ndindex(2, 2, 2, 3, 3):
+        assert cols[n, (c * 2 + i) * 3 + j, oy] == xpad[n, c, oy * 2 + i, j * 2], (n, c, i, j, oy)
+
+
+@pytest.mark.assignment(id="A1", points=1)
+@pytest.mark.parametrize("k, s, p, d", [(3, 1, 1, 1), (3, 2, 1, 1), (2, 1, 0, 2), (1, 2, 0, 1),
+                                        ((2, 3), (1, 2), (1, 0), 1)])
+def test_col2im_is_the_adjoint_of_im2col(k, s, p, d, rng):
+    """``<im2col(x), c> == <x, col2im(c)>`` for every x and c: col2im adds every column entry back where
+    im2col copied it from (overlapping windows accumulate; padding is dropped)."""
+    kh, kw = (k, k) if np.isscalar(k) else k
+    pairs = [(v, v) if np.isscalar(v) else v for v in (s, p, d)]
+    x = rng.standard_normal((2, 3, 6, 7))
+    cols = F.im2col(x, kh, kw, *pairs)
+    c = rng.standard_normal(cols.shape)
+    back = F.col2im(c, x.shape, kh, kw, *pairs)
+    assert back.shape == x.shape
+    np.testing.assert_allclose((cols * c).sum(), (x * back).sum(), rtol=1e-12)
 
 
 @pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 2, 6)])   # the stride-1 3x3 cases
@@ -104,6 +132,20 @@ def test_conv2d_dispatch_takes_im2col_otherwise(rng):
         _, cache = F.conv2d_forward(rng.standard_normal((1, 2, 6, 6)), rng.standard_normal((3, 2, kh, kw)),
                                     None, stride, 0)
         assert isinstance(cache, Conv2dIm2colCache), (stride, k)
+
+
+@pytest.mark.parametrize("height, row_shifts", [(2, False), (4, False), (5, True), (8, True)])
+def test_conv2d_dispatch_sends_short_maps_to_im2col(rng, height, row_shifts):
+    """A 3x3 stride-1 conv drops 2 rows per image on the row-shift path: with 4 output rows or fewer
+    (a third or more of the work wasted) im2col is taken; both give the same gradients."""
+    x, w = rng.standard_normal((3, 4, height, 6)), rng.standard_normal((5, 4, 3, 3))
+    out, cache = F.conv2d_forward(x, w, None, 1, 1)
+    assert isinstance(cache, Conv2dRowShiftCache if row_shifts else Conv2dIm2colCache)
+    plain, plain_cache = conv2d_forward_im2col(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    for got, want in zip(F.conv2d_backward(dout, cache)[:2], conv2d_backward_im2col(dout, plain_cache)[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
 
 
 def test_conv2d_without_bias(rng):
@@ -233,6 +275,7 @@ def test_upsample_nearest_copies_the_pixels_pytorch_copies(torch_nearest):
     np.testing.assert_array_equal(ref.upsample_nearest_naive(x, 82, 82), F.upsample_nearest_forward(x, (82, 82))[0])
 
 
+@pytest.mark.assignment(id="A2", points=2)
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 4, 5)])
 def test_batch_norm_training(shape, rng):
     x = rng.standard_normal(shape) * 2 + 1
@@ -243,6 +286,7 @@ def test_batch_norm_training(shape, rng):
              ("x", "gamma", "beta"), rng)
 
 
+@pytest.mark.assignment(id="A2", points=2)
 def test_batch_norm_running_statistics_and_eval(rng):
     x = rng.standard_normal((6, 3, 2, 2)) * 3 + 2
     rm, rv = np.zeros(3), np.ones(3)
@@ -260,6 +304,7 @@ def test_batch_norm_running_statistics_and_eval(rng):
              (x, g, b), ("x", "gamma", "beta"), rng)
 
 
+@pytest.mark.assignment(id="A2", points=1)
 def test_frozen_batch_norm(rng):
     x = rng.standard_normal((2, 3, 4, 4))
     w, b, rm, rv = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)

@@ -38,6 +38,7 @@ def rpn_problem(rng, A=40):
     return objectness, deltas, labels, targets
 
 
+@pytest.mark.assignment(id="A5", points=2)
 def test_rpn_loss_values_against_a_loop(rng):
     objectness, deltas, labels, targets = rpn_problem(rng)
     (loss_obj, loss_box), _ = rpn_loss_forward(objectness, deltas, labels, targets)
@@ -47,6 +48,7 @@ def test_rpn_loss_values_against_a_loop(rng):
     assert loss_box == pytest.approx(box / len(sampled), rel=1e-12)     # torchvision: / sampled, not / positives
 
 
+@pytest.mark.assignment(id="A5", points=2)
 def test_rpn_loss_gradients_float64(rng):
     objectness, deltas, labels, targets = rpn_problem(rng)
 
@@ -62,6 +64,7 @@ def test_rpn_loss_gradients_float64(rng):
     assert np.all(d_objectness[labels >= 0] != 0)
 
 
+@pytest.mark.assignment(id="A5", points=1)
 def test_rpn_loss_without_positives_or_samples(rng):
     objectness, deltas, _, targets = rpn_problem(rng)
     labels = np.where(np.arange(len(objectness)) % 2, 0, -1)
@@ -111,6 +114,11 @@ def test_fastrcnn_loss_gradients_float64(rng):
 
 
 # ---- maskrcnn_loss -------------------------------------------------------------------------------------------------
+# The sigmoid loss is assignment A8's (the softmax variant of Table 2b stays the library's).
+A8 = pytest.mark.assignment(id="A8", points=1)
+MASK_CASES = [pytest.param("sigmoid", 4, marks=A8), pytest.param("sigmoid", 1, marks=A8), ("softmax", 4)]
+
+
 def mask_problem(rng, channels, P=3, M=5):
     logits = rng.standard_normal((P, channels, M, M)) * 2
     targets = (rng.uniform(size=(P, M, M)) > 0.5) * rng.uniform(0.6, 1.0, (P, M, M))   # soft, as RoIAligned
@@ -118,8 +126,7 @@ def mask_problem(rng, channels, P=3, M=5):
     return logits, targets, labels
 
 
-@pytest.mark.parametrize("mode,channels", [("sigmoid", 4), ("sigmoid", 1), ("softmax", 4)],
-                         ids=["sigmoid", "class-agnostic", "softmax"])
+@pytest.mark.parametrize("mode,channels", MASK_CASES, ids=["sigmoid", "class-agnostic", "softmax"])
 def test_maskrcnn_loss_values_against_a_loop(mode, channels, rng):
     logits, targets, labels = mask_problem(rng, channels)
     loss, _ = maskrcnn_loss_forward(logits, targets, labels, mode)
@@ -136,8 +143,7 @@ def test_maskrcnn_loss_values_against_a_loop(mode, channels, rng):
     assert loss == pytest.approx(total / (P * M * M), rel=1e-12)
 
 
-@pytest.mark.parametrize("mode,channels", [("sigmoid", 4), ("sigmoid", 1), ("softmax", 4)],
-                         ids=["sigmoid", "class-agnostic", "softmax"])
+@pytest.mark.parametrize("mode,channels", MASK_CASES, ids=["sigmoid", "class-agnostic", "softmax"])
 def test_maskrcnn_loss_gradients_float64(mode, channels, rng):
     logits, targets, labels = mask_problem(rng, channels)
     _, cache = maskrcnn_loss_forward(logits, targets, labels, mode)
@@ -153,6 +159,7 @@ def test_maskrcnn_loss_gradients_float64(mode, channels, rng):
         assert np.all(d_logits != 0)
 
 
+@A8
 def test_maskrcnn_loss_without_positives_and_bad_modes(rng):
     loss, cache = maskrcnn_loss_forward(np.zeros((0, 4, 5, 5)), np.zeros((0, 5, 5)), np.zeros(0, np.int64))
     assert loss == 0.0 and maskrcnn_loss_backward(1.0, cache).shape == (0, 4, 5, 5)

@@ -146,6 +146,7 @@ def test_fixture_paste():
 
 # ---------------------------------------------------------------- project_masks_on_boxes
 
+@pytest.mark.assignment(id="A8", points=2)
 def test_project_by_hand():
     gt = np.zeros((2, 4, 4), dtype=np.uint8)
     gt[0, :, :2] = 1  # GT 0: left half
@@ -173,6 +174,7 @@ def test_project_edge_cases():
         project_masks_on_boxes(gt, np.array([[0, 0, 2.0]]), np.array([0]), 7)
 
 
+@pytest.mark.assignment(id="A8", points=2)
 @pytest.mark.torch_fixture
 def test_fixture_project():
     f = load()

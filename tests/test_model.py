@@ -203,7 +203,7 @@ def test_config_refuses_unknown_choices_and_incompatible_options():
     assert MaskRCNNConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
-@pytest.mark.parametrize("impl", ["numpy", "kernel"])
+@pytest.mark.parametrize("impl", ["numpy", "simple", "kernel"])
 def test_mask_targets_use_the_configured_roi_impl(impl, monkeypatch):
     """The mask targets are RoIAligned GT masks: they must use the same RoIAlign implementation as the
     features (``roi_impl``); the 'kernel' path once went unused for them."""

@@ -129,6 +129,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path):
     assert os.listdir(tmp_path) == ["ckpt.npz"]
 
 
+@pytest.mark.assignment(id="A9", points=3)
 def test_sgd_matches_the_pytorch_update_rule():
     p = nn.Parameter(np.array([1.0, -2.0]))
     opt = nn.SGD([("p", p)], lr=0.1, momentum=0.9, weight_decay=0.01)
@@ -146,6 +147,7 @@ def test_sgd_matches_the_pytorch_update_rule():
     np.testing.assert_array_equal(opt2.velocity["p"], opt.velocity["p"])
 
 
+@pytest.mark.assignment(id="A9", points=2)
 def test_warmup_multistep_schedule():
     s = nn.WarmupMultiStepLR(0.02, steps=(100, 150), gamma=0.1, warmup_iters=10, warmup_factor=0.001)
     np.testing.assert_allclose(s(0), 0.02 * 0.001)

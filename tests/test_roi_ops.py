@@ -20,6 +20,14 @@ HAS_CXX = rawkernel.compiler_available()   # honours $MINIMASKRCNN_CXX and $CXX,
 IMPLS = ["numpy", "simple",
          pytest.param("kernel", marks=pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler"))]
 
+
+
+def graded(points):
+    """IMPLS with the "simple" case graded for assignment A6: RoIAlign's (and RoIWarp's) readable NumPy path,
+    and RoIPool's NumPy path ("simple" is "numpy" for RoIPool)."""
+    return ["numpy", pytest.param("simple", marks=pytest.mark.assignment(id="A6", points=points)), IMPLS[2]]
+
+
 # (forward, backward, modes) of the three operators of Table 2c.
 OPS = {
     "align": (roi_align_forward, roi_align_backward, ("avg", "max")),
@@ -46,7 +54,7 @@ def tv():
 
 
 @pytest.mark.torch_fixture
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(0.5))
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 1, 2, 3])
 @pytest.mark.parametrize("size", ["3x4", "2x2"])
@@ -61,7 +69,7 @@ def test_roi_align_matches_torchvision(tv, impl, aligned, sampling_ratio, size):
 
 
 @pytest.mark.torch_fixture
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(2))
 @pytest.mark.parametrize("size", ["3x4", "2x2"])
 def test_roi_pool_matches_torchvision(tv, impl, size):
     output_size = (3, 4) if size == "3x4" else 2
@@ -75,7 +83,7 @@ def test_roi_pool_matches_torchvision(tv, impl, size):
 # ------------------------------------------------------------------------------------------------
 # Gradient checks (float64 central differences)
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(2))
 @pytest.mark.parametrize("op, mode", OP_MODES)
 def test_gradient(op, mode, impl):
     """All three ops are (piecewise) linear in the features, so central differences are exact up to
@@ -144,6 +152,53 @@ def test_numpy_and_kernel_agree(op, mode, dtype, tol, other, problem):
         np.testing.assert_array_equal(cache_np.argmax, cache_k.argmax)
 
 
+@pytest.mark.parametrize("op", ["align", "warp"])
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=roi_problems())
+def test_numpy_avg_paths_dense_and_sparse_agree(op, dtype, tol, problem):
+    """The NumPy avg path has two ways to the same sparse product (_roi_align_fast.use_dense picks by size):
+    each, forced, against the readable "simple" version, forward and backward."""
+    from minimaskrcnn.ops import _roi_align_fast as fast
+    forward, backward, _ = OPS[op]
+    x = problem["features"].astype(dtype)
+    args = (problem["rois"], problem["output_size"], problem["scale"], problem["sampling_ratio"],
+            problem["aligned"])
+    out_s, cache_s = forward(x, *args, mode="avg", impl="simple")
+    dout = np.random.default_rng(problem["seed"]).standard_normal(out_s.shape).astype(dtype)
+    grad_s = backward(dout, cache_s)
+    for limit in (0.0, np.inf):                               # always sparse, always dense
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(fast, "DENSE_LIMIT", {"forward": limit, "backward": limit})
+            out, cache = forward(x, *args, mode="avg", impl="numpy")
+            grad = backward(dout, cache)
+        assert out.dtype == grad.dtype == dtype and grad.shape == x.shape
+        np.testing.assert_allclose(out, out_s, rtol=tol, atol=tol, err_msg=f"forward, limit {limit}")
+        np.testing.assert_allclose(grad, grad_s, rtol=tol, atol=tol * max(1, np.abs(grad_s).max()),
+                                   err_msg=f"backward, limit {limit}")
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_gradient_of_each_numpy_avg_path(monkeypatch, dense):
+    from minimaskrcnn.ops import _roi_align_fast as fast
+    limit = np.inf if dense else 0.0
+    monkeypatch.setattr(fast, "DENSE_LIMIT", {"forward": limit, "backward": limit})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 2, 9, 8))
+    rois = random_rois(rng, 7, 2, 9, 8, 0.5)                  # image 2 has no RoIs
+    dout = rng.standard_normal((7, 2, 3, 4))
+    _, cache = roi_align_forward(x, rois, (3, 4), 0.5, -1, True)
+    assert fast.use_dense(cache.features_shape, (3, 4), fast_geometry(cache), "backward") == dense
+    analytic = roi_align_backward(dout, cache)
+    assert np.abs(analytic).max() > 0.1 and not analytic[2].any()
+    assert check_gradient(lambda f: roi_align_forward(f, rois, (3, 4), 0.5, -1, True)[0], x, analytic, dout) < 1e-7
+
+
+def fast_geometry(cache):
+    from minimaskrcnn.ops.roi_align import _geometry_of
+    return _geometry_of(cache)
+
+
 # ------------------------------------------------------------------------------------------------
 # The plain-loop oracle (ops/reference.py): itself against torchvision, then every op against it
 
@@ -193,7 +248,7 @@ def test_ops_match_the_plain_loop_reference(op, mode, impl, problem):
 # ------------------------------------------------------------------------------------------------
 # Geometry, checked against values computed by hand (not against our own output)
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(1))
 @pytest.mark.parametrize("aligned", [False, True])
 def test_roi_align_on_a_linear_ramp_reads_the_bin_centres(impl, aligned):
     """On f(y, x) = 3y - 2x + 1 bilinear interpolation is exact, so each averaged bin equals f at the
@@ -212,7 +267,7 @@ def test_roi_align_on_a_linear_ramp_reads_the_bin_centres(impl, aligned):
         np.testing.assert_allclose(out[k, 0], 3 * cy[:, None] - 2 * cx[None, :] + 1, rtol=1e-12)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(1))
 def test_border_rules(impl):
     """torchvision's rules: a point in the one-cell margin outside the map is clamped onto the border;
     a point further out reads 0. A 1x1 output with one sample reads the RoI centre."""
@@ -227,7 +282,7 @@ def test_border_rules(impl):
     np.testing.assert_allclose(out.ravel(), [1.0, 0.0, 4 * 2 + 3 + 1, 0.0, 2.0], rtol=1e-12)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(1))
 def test_roi_pool_rounds_halves_away_from_zero(impl):
     """C's round(): corner 2.5 -> 3 (np.round would give 2), -0.5 -> -1. The max then covers exactly
     the cells of the rounded RoI."""
@@ -244,7 +299,7 @@ def test_round_half_away_from_zero():
     np.testing.assert_array_equal(round_half_away_from_zero(x), [-3, -2, -1, 0, 0, 1, 2, 3, 0])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(1))
 def test_roi_warp_is_roi_align_of_the_rounded_roi(impl):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 10, 12))
@@ -258,7 +313,7 @@ def test_roi_warp_is_roi_align_of_the_rounded_roi(impl):
     assert np.abs(warp - align).max() > 0.1  # ... which is not RoIAlign of the RoI itself
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", graded(1))
 @pytest.mark.parametrize("op, mode", OP_MODES)
 def test_no_rois(op, mode, impl):
     forward, backward, _ = OPS[op]

@@ -131,8 +131,8 @@ def test_a_loss_spike_postpones_the_checkpoint_and_is_named_when_it_diverges(sha
     tr = make_trainer(shapes, tmp_path, 12, checkpoint_every=1)
     forward = tr.model.forward_train
 
-    def spiking(images, targets):
-        losses = forward(images, targets)
+    def spiking(images, targets, **kwargs):
+        losses = forward(images, targets, **kwargs)
         return {k: v * 1e3 for k, v in losses.items()} if tr.iteration >= 8 else losses
 
     tr.model.forward_train = spiking

@@ -118,16 +118,16 @@ def test_batch_sampler_covers_every_image_each_epoch():
 
 def test_batch_sampler_resumes_exactly():
     straight = BatchSampler(7, 3, seed=11)
-    reference = [(idx, rng.random()) for idx, rng in (next(straight) for _ in range(8))]
+    reference = [(idx, [g.random() for g in rngs]) for idx, rngs in (next(straight) for _ in range(8))]
     first = BatchSampler(7, 3, seed=11)
     for _ in range(4):
         next(first)
     state = first.state_dict()                                # mid-way through epoch 1
     resumed = BatchSampler(7, 3, seed=11)
     resumed.load_state_dict(state)
-    for (idx, draw), (idx2, rng2) in zip(reference[4:], (next(resumed) for _ in range(4)), strict=True):
+    for (idx, draws), (idx2, rngs2) in zip(reference[4:], (next(resumed) for _ in range(4)), strict=True):
         np.testing.assert_array_equal(idx, idx2)
-        assert draw == rng2.random()
+        assert draws == [g.random() for g in rngs2]
     with pytest.raises(ValueError, match="seed"):
         BatchSampler(7, 3, seed=12).load_state_dict(state)
 

@@ -748,6 +748,106 @@ md(r"""
    and why? (Parameters *accumulate* gradients.)
 """)
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first).
+""")
+
+code(r"""
+### BEGIN SOLUTION
+# 1. Convolution as a sum of shifted images: kh*kw small products over strided *views* of x, no copy.
+def conv2d_shifted(x, w, stride=1, dilation=1):
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    Ho = (H - dilation * (kh - 1) - 1) // stride + 1
+    Wo = (W - dilation * (kw - 1) - 1) // stride + 1
+    out = np.zeros((N, O, Ho, Wo))
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation, j * dilation
+            view = x[:, :, y0:y0 + stride * (Ho - 1) + 1:stride, x0:x0 + stride * (Wo - 1) + 1:stride]
+            out += np.einsum("oc,nchw->nohw", w[:, :, i, j], view)
+    return out
+
+
+x1, w1 = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3))
+for s, d in [(1, 1), (2, 1), (1, 2), (2, 2)]:
+    diff = np.abs(conv2d_shifted(x1, w1, s, d) - F.conv2d_forward(x1, w1, None, s, 0, d)[0]).max()
+    print(f"1. stride {s}, dilation {d}: largest difference from conv2d_forward {diff:.1e}")
+# Memory: the output (and one output's worth of temporaries), where im2col copies the input kh*kw times
+# (9x for a 3x3 at stride 1). The price: kh*kw small products instead of one large GEMM.
+
+# 2. With xhat = (x - mu) * s, s = 1/sqrt(var + eps), over the m values of a channel, and dxhat = dout * gamma:
+#    dvar = -s^3 / 2 * sum(dxhat * (x - mu)); dmu = -s * sum(dxhat) (dvar's share vanishes: sum(x - mu) = 0);
+#    dx = dxhat * s + dvar * 2 (x - mu) / m + dmu / m = s/m * (m dxhat - sum(dxhat) - xhat sum(dxhat xhat)).
+#    In eval mode mu and var are constants: dx = dxhat * s.
+xb, gb, bb = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(3), rng.standard_normal(3)
+print("2. batch norm, training:", check_layer(F.batch_norm_forward, F.batch_norm_backward, (xb, gb, bb), "xgb"))
+rm, rv = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+print("   batch norm, eval:    ", check_layer(
+    lambda x, g, b: F.batch_norm_forward(x, g, b, rm.copy(), rv.copy(), training=False), F.batch_norm_backward,
+    (xb, gb, bb), "xgb"))
+
+# 3. Dilation (2, 3), stride (1, 2), padding (2, 0): a stride other than 1 takes the im2col path.
+xd, wd = rng.standard_normal((1, 2, 9, 12)), rng.standard_normal((3, 2, 3, 3))
+
+
+def conv3(x, w):
+    return F.conv2d_forward(x, w, None, (1, 2), (2, 0), (2, 3))
+
+
+def conv3_backward(dout, cache):
+    return F.conv2d_backward(dout, cache)[:2]
+
+
+print("3. dilated conv:", check_layer(conv3, conv3_backward, (xd, wd), "xw"))
+from minimaskrcnn.nn import conv as conv_module  # noqa: E402
+good_col2im = conv_module.col2im
+
+
+def col2im_without_dh(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
+    # a copy of col2im with the bug: kernel row i lands i rows down instead of i * dh
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    N, C, H, W = x_shape
+    Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cols = cols.reshape(N, C, kh, kw, Ho, Wo)
+    padded = np.zeros((N, C, H + 2 * ph, W + 2 * pw))
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i, i + sh * (Ho - 1) + 1, sh)                 # the bug: i, not i * dh
+            padded[:, :, rows, j * dw:j * dw + sw * (Wo - 1) + 1:sw] += cols[:, :, i, j]
+    return padded[:, :, ph:ph + H, pw:pw + W]
+
+
+conv_module.col2im = col2im_without_dh
+try:
+    print("   with col2im broken (dw does not use col2im, dx does):",
+          check_layer(conv3, conv3_backward, (xd, wd), "xw"))
+finally:
+    conv_module.col2im = good_col2im
+
+# 4. Truncation ~ h^2 |f'''| / 6 and round-off ~ eps |f| / h: their sum is smallest at h ~ (3 eps)^(1/3), with an
+#    error ~ eps^(2/3). Left of the optimum round-off dominates, an error proportional to 1/h: slope -1 on a
+#    log-log plot. In float32, once h is below half the spacing of the floats near x, x + h rounds to x: both
+#    sides are equal, the estimate is 0 and the relative error |0 - g| / |g| is exactly 1.
+for dtype in (np.float32, np.float64):
+    eps = np.finfo(dtype).eps
+    print(f"4. {np.dtype(dtype).name}: best h ~ {(3 * eps) ** (1 / 3):.0e}, best error ~ {eps ** (2 / 3):.0e}")
+
+# 5. A pixel that wins all four 3x3/2 windows of a 5x5 input: its gradient is the sum of the four douts.
+x5 = np.zeros((1, 1, 5, 5))
+x5[0, 0, 2, 2] = 10.0
+out5, cache5 = F.max_pool2d_forward(x5, 3, 2)
+dx5 = F.max_pool2d_backward(np.array([1.0, 2.0, 3.0, 4.0]).reshape(1, 1, 2, 2), cache5)
+print("5. the four windows:", out5.ravel(), "; gradient of the shared pixel:", dx5[0, 0, 2, 2], "= 1 + 2 + 3 + 4")
+# Assigning instead of adding would keep one window's dout and lose the others'.
+
+# 6. Without zero_grad each step adds the new gradient to all the previous ones: the step is the sum of every
+#    gradient so far (momentum 1, nothing forgotten), it keeps growing, and the loss oscillates, then diverges.
+### END SOLUTION
+""")
+
 
 if __name__ == "__main__":
     NB.write()

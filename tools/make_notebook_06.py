@@ -416,14 +416,15 @@ md("""
   too);
 * `optim.velocity.*`: SGD's momentum buffers. Without them the first steps after a resume would be plain SGD:
   a different trajectory;
-* `meta.json`: the iteration (hence the learning rate), the **data loader's position** (epoch, batch), and
-  the **state of the model's random generator**, which draws the anchor and RoI samples. The flips come from
-  a generator seeded by (seed, epoch, batch), so the position alone restores them.
+* `meta.json`: the iteration (hence the learning rate) and the **data loader's position** (epoch, batch). The
+  random draws need no saved state: the trainer draws each image's anchor and RoI samples from a generator
+  seeded by (seed, iteration, the image's place in the batch), and the flips from one seeded by (seed, epoch,
+  batch, place), so the iteration and the position restore them (section 9 says why per image).
 
 **The test of a resume is exactness.** Three runs from the same initial weights: *A* trains K iterations and
 saves; *B*, a brand-new model, loader and trainer (as a new process would build them), loads A's checkpoint
 and trains K more; *C* trains 2K iterations without stopping. B and C must hold identical weights, momentum
-and random state. A fourth run, *D*, resumes from the weights only (`model.load_state_dict`, the usual
+and loader position. A fourth run, *D*, resumes from the weights only (`model.load_state_dict`, the usual
 shortcut): it drifts away from C.
 """)
 
@@ -528,6 +529,76 @@ for i, p in enumerate(preds):
     assert np.all(p["scores"] >= cfg.box_score_thresh) and np.all(np.diff(p["scores"]) <= 0)
 """)
 
+# ---- issue 13: data-parallel training (section 9), a block of its own -------------------------------------
+md("""
+## 9. Past one process: data parallelism
+
+The paper trained on 8 GPUs with 2 images each. **Data parallelism**: every process (a *rank*) holds the same
+weights, computes the gradients of its own images, the ranks **sum their gradients** (an *allreduce*), and
+every rank takes the same SGD step, so the weights stay equal everywhere. `mpiexec -n 2 python -m minimaskrcnn
+train ...` does it with MPI (`minimaskrcnn/engine/distributed.py`; the README says how to run it). Launching
+`mpiexec` from a notebook is impractical, so here the ranks are **threads of this process** with the same
+collectives (`run_ranks`, `ThreadCommunicator`); the test suite runs the same check under a real `mpiexec -n 2`.
+
+**Why summing is exact.** The loss of a batch is a sum over its images' terms, divided by a count: sampled
+anchors, sampled RoIs, positive RoIs of the whole batch. The gradient of a sum is the sum of the gradients, so
+if each rank divides *its* terms by the *whole batch's* count (one allreduce of the counts), its loss is its
+share of the batch's loss, its gradient its share of the batch's gradient, and the allreduced sum is exactly
+what one process computes. (Averaging per-rank means instead would weigh a rank that sampled fewer RoIs as
+much as one that sampled more.)
+
+**What breaks: batch norm.** Every other layer treats the images of a batch independently; batch norm
+normalises each channel by the mean and variance *of the batch*. A rank with half the images would
+normalise by half a batch's statistics: another function, noisier. `SyncBatchNorm` allreduces the per-channel
+sums and sums of squares in the forward pass (and the two gradient sums in the backward pass), so the
+statistics are the whole batch's.
+
+**Random draws** would break it too: if rank 1 drew its images' anchor samples from the next numbers of a
+shared generator, they would depend on how many images rank 0 had. Each image draws from its own generator,
+seeded by (seed, iteration, its place in the batch).
+
+Below: three iterations of this notebook's model, in float64, by one process, by 2 simulated ranks, and by 2
+ranks with plain batch norm. (Float64 because the two ways add the same numbers in another order: a
+difference of ~1e-16 per operation. In float32, ~1e-7 can flip a proposal at the top-k boundary after a few
+iterations, and two correct runs then part ways; the tests check float32 on the first iteration.)
+""")
+
+code("""
+import unittest.mock
+
+from minimaskrcnn.engine.distributed import run_ranks, train_iterations
+
+cfg64, PARALLEL_ITERS = cfg.replace(dtype="float64"), 3
+t0 = time.perf_counter()
+losses_one, w_one, _ = train_iterations(cfg64, train_set, PARALLEL_ITERS)                 # one process
+two = run_ranks(lambda comm: train_iterations(cfg64, train_set, PARALLEL_ITERS, comm), 2)  # 2 ranks, SyncBN
+# the control: each rank normalises by its own images' statistics (no conversion to SyncBatchNorm)
+with unittest.mock.patch("minimaskrcnn.nn.norm.convert_sync_batchnorm", lambda model, comm: model):
+    plain = run_ranks(lambda comm: train_iterations(cfg64, train_set, PARALLEL_ITERS, comm), 2)
+print(f"{PARALLEL_ITERS} iterations, three ways: {time.perf_counter() - t0:.1f} s\\n")
+print(f"{'iteration':>9s} {'loss':>16s} {'1 process':>12s} {'2 ranks':>12s} {'2 ranks, plain BN':>18s}")
+for it in range(PARALLEL_ITERS):
+    for k in ("loss_objectness", "loss_classifier", "loss_mask"):
+        print(f"{it:9d} {k:>16s} {losses_one[it][k]:12.8f} {two[0][0][it][k]:12.8f} {plain[0][0][it][k]:18.8f}")
+
+
+def largest_difference(weights):
+    return max(float(np.abs(weights[k] - w_one[k]).max()) for k in w_one)
+
+
+print(f"\\nlargest weight difference from one process after {PARALLEL_ITERS} steps: "
+      f"2 ranks {largest_difference(two[0][1]):.1e}, 2 ranks with plain BN {largest_difference(plain[0][1]):.1e}")
+assert largest_difference(two[0][1]) < 1e-10 and largest_difference(plain[0][1]) > 1e-6
+assert all(np.array_equal(two[0][1][k], two[1][1][k]) for k in w_one)     # both ranks hold the same weights
+""")
+
+md("""
+With SyncBN the two ranks reproduce the one process to ~1e-15, and hold identical weights; with plain batch
+norm they train another model from the first iteration on. What the allreduce costs, and how the speed-up
+would grow to 8 or 64 ranks, is `bench/distributed.py`'s question.
+""")
+# ---- end of issue 13's block --------------------------------------------------------------------------------
+
 md("""
 ## Summary
 
@@ -543,6 +614,8 @@ md("""
   gives bit-identical weights; resuming from the weights alone does not.
 * Non-finite losses or gradients stop training with `TrainingDiverged` before any weight is damaged, and the
   last good checkpoint is kept.
+* Data parallelism: each rank divides its losses by the whole batch's counts, the ranks sum their gradients,
+  batch norm is synchronised, random draws are per image: N ranks train the model one process trains.
 
 ## Exercises
 

@@ -4,7 +4,13 @@ The notebooks are generated so that their text can be reviewed and diffed as pla
 teacher can change a cell and rebuild. Cell ids are numbered, not random, so rebuilding an unchanged script
 rewrites the very same file. A code cell that starts with ``# Parameters`` gets papermill's ``parameters``
 tag, so ``papermill -p FULL True`` (or a teacher's tooling) can set them from outside.
+
+Answer keys: a code cell holding ``### BEGIN SOLUTION`` / ``### END SOLUTION`` lines is a solution cell;
+it gets nbgrader's cell metadata (``solution``, ``grade``, ``grade_id``, ...), so nbgrader's
+``generate_assignment`` can use the notebooks as they are, and ``python -m minimaskrcnn classroom release``
+turns it into a ``# YOUR CODE HERE`` stub. ``code(text, points=N)`` marks an autograded test cell.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -33,10 +39,15 @@ class NotebookBuilder:
     def md(self, text):
         self._add(new_markdown_cell(text.strip()))
 
-    def code(self, text):
+    def code(self, text, points=None):
         cell = new_code_cell(text.strip())
         if cell.source.startswith("# Parameters"):
             cell.metadata["tags"] = ["parameters"]
+        solution = bool(re.search(r"^\s*### BEGIN SOLUTION\s*$", cell.source, flags=re.M))
+        if solution or points is not None:
+            cell.metadata["nbgrader"] = {"grade": points is not None, "grade_id": f"cell-{len(self.cells):03d}",
+                                         "locked": not solution, "schema_version": 3, "solution": solution,
+                                         **({"points": points} if points is not None else {})}
         self._add(cell)
 
     def write(self):

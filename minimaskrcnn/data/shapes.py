@@ -29,8 +29,11 @@ On disk (the layout :class:`minimaskrcnn.data.coco.CocoDataset` reads)::
     <root>/shapes.json                       the parameters and the list of files written; written last:
                                              "this set is complete"
 
+``kind='hard'`` draws the harder set of the paper's ablations instead (eight classes that occlude each other,
+192 px images: :mod:`minimaskrcnn.data.shapes_hard`), with the same layout, manifest and guarantees.
+
 From the command line: ``python -m minimaskrcnn.data.shapes --out DIR [--num-train N] [--num-val N]
-[--image-size S] [--seed S]``.
+[--image-size S] [--seed S] [--kind shapes|hard]``.
 """
 from __future__ import annotations
 
@@ -54,8 +57,10 @@ from .shapes_draw import (  # noqa: F401  (re-exported: the generator's public n
     shape_mask,
     visible_masks,
 )
+from .shapes_hard import HARD_CATEGORIES, HARD_DEFAULTS, draw_hard_image
 
 SPLITS = ("train", "val")
+KINDS = ("shapes", "hard")
 FORMAT_VERSION = 1
 
 
@@ -81,11 +86,16 @@ def _annotations_for(masks: np.ndarray, labels: np.ndarray, image_id: int, first
             for g, rle in enumerate(rles)]
 
 
-def _params(num_train, num_val, image_size, seed, max_objects, object_size, min_visible) -> dict:
-    return {"generator": "minimaskrcnn.data.shapes", "version": FORMAT_VERSION, "num_train": int(num_train),
-            "num_val": int(num_val), "image_size": int(image_size), "seed": int(seed),
-            "max_objects": int(max_objects), "object_size": [float(s) for s in object_size],
-            "min_visible": float(min_visible)}
+def _params(num_train, num_val, image_size, seed, max_objects, object_size, min_visible, kind="shapes") -> dict:
+    if kind not in KINDS:
+        raise ValueError(f"shapes data: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    params = {"generator": "minimaskrcnn.data.shapes", "version": FORMAT_VERSION, "num_train": int(num_train),
+              "num_val": int(num_val), "image_size": int(image_size), "seed": int(seed),
+              "max_objects": int(max_objects), "object_size": [float(s) for s in object_size],
+              "min_visible": float(min_visible)}
+    if kind != "shapes":   # the demo set's parameters (and so its shapes.json) stay exactly as they were
+        params["kind"] = kind
+    return params
 
 
 def _write_split(root: Path, split: str, num_images: int, params: dict, progress: bool) -> dict:
@@ -96,9 +106,9 @@ def _write_split(root: Path, split: str, num_images: int, params: dict, progress
     (root / split).mkdir(parents=True)
     images, annotations, files = [], [], {}
     for i in tqdm(range(num_images), desc=f"shapes/{split}", disable=not progress, leave=False):
-        image, masks, labels = draw_shapes_image(
-            _image_rng(params["seed"], split, i), params["image_size"], params["max_objects"],
-            tuple(params["object_size"]), params["min_visible"])
+        draw = draw_hard_image if params.get("kind") == "hard" else draw_shapes_image
+        image, masks, labels = draw(_image_rng(params["seed"], split, i), params["image_size"],
+                                    params["max_objects"], tuple(params["object_size"]), params["min_visible"])
         file_name = f"{i:06d}.png"
         png = io.BytesIO()
         # compress_level=1: PNG is lossless at every level; 1 is several times faster than the default 6.
@@ -108,7 +118,8 @@ def _write_split(root: Path, split: str, num_images: int, params: dict, progress
                        "width": params["image_size"]})
         annotations += _annotations_for(masks, labels, i + 1, len(annotations) + 1)
     coco = {"info": {"description": f"minimaskrcnn synthetic shapes, {split} split", **params},
-            "licenses": [], "images": images, "annotations": annotations, "categories": CATEGORIES}
+            "licenses": [], "images": images, "annotations": annotations,
+            "categories": HARD_CATEGORIES if params.get("kind") == "hard" else CATEGORIES}
     name = f"annotations/instances_{split}.json"
     files[name] = _write_bytes(root / name, json.dumps(coco).encode())
     return files
@@ -135,7 +146,7 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 def make_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_size: int = 128,
                         seed: int = 0, max_objects: int = 4, object_size: tuple[float, float] = (10, 60),
-                        min_visible: float = 0.5, progress: bool = True) -> Path:
+                        min_visible: float = 0.5, progress: bool = True, kind: str = "shapes") -> Path:
     """Generate the shapes data set into the new folder ``root`` (which must not exist) and return it.
 
     The set is written to ``<parent>/.<name>.partial`` first and renamed to ``root`` when complete, so
@@ -154,7 +165,7 @@ def make_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_s
     if not 0 < object_size[0] <= object_size[1]:
         raise ValueError(f"make_shapes_dataset: object_size must be (low, high) with 0 < low <= high, "
                          f"got {object_size!r}")
-    params = _params(num_train, num_val, image_size, seed, max_objects, object_size, min_visible)
+    params = _params(num_train, num_val, image_size, seed, max_objects, object_size, min_visible, kind)
     partial = root.parent / f".{root.name}.partial"
     if partial.exists():             # left by an interrupted run: never a complete set, safe to delete
         shutil.rmtree(partial)
@@ -198,12 +209,12 @@ def is_complete_shapes_dataset(root, **params) -> bool:
 
 
 _DEFAULTS = dict(num_train=2000, num_val=200, image_size=128, seed=0, max_objects=4, object_size=(10, 60),
-                 min_visible=0.5)
+                 min_visible=0.5, kind="shapes")
 
 
 def ensure_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image_size: int = 128,
                           seed: int = 0, max_objects: int = 4, object_size: tuple[float, float] = (10, 60),
-                          min_visible: float = 0.5, progress: bool = True, report=None) -> Path:
+                          min_visible: float = 0.5, progress: bool = True, report=None, kind: str = "shapes") -> Path:
     """Return ``root`` holding the shapes set with these parameters, generating it only when needed.
 
     * a complete set with the same parameters: reused as it is;
@@ -218,8 +229,9 @@ def ensure_shapes_dataset(root, num_train: int = 2000, num_val: int = 200, image
     root = Path(root)
     say = report or (lambda line: None)
     params = dict(num_train=num_train, num_val=num_val, image_size=image_size, seed=seed,
-                  max_objects=max_objects, object_size=tuple(object_size), min_visible=min_visible)
+                  max_objects=max_objects, object_size=tuple(object_size), min_visible=min_visible, kind=kind)
     what = f"{num_train} train + {num_val} val images of {image_size} px, seed {seed}"
+    what += ", the hard kind" if kind == "hard" else ""
     if is_complete_shapes_dataset(root, **params):
         say(f"shapes data: reusing {root} ({what})")
         return root
@@ -290,12 +302,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the data set's folder (created; reused if it holds this set)")
     p.add_argument("--num-train", type=int, default=_DEFAULTS["num_train"])
     p.add_argument("--num-val", type=int, default=_DEFAULTS["num_val"])
-    p.add_argument("--image-size", type=int, default=_DEFAULTS["image_size"])
+    p.add_argument("--image-size", type=int, default=None, help="default: 128 (shapes), 192 (hard)")
     p.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    p.add_argument("--kind", choices=KINDS, default="shapes",
+                   help="shapes: the demo set; hard: 8 occluding classes on 192 px images (the ablations' set)")
     args = p.parse_args(argv)
+    hard = HARD_DEFAULTS if args.kind == "hard" else {}
     try:
-        ensure_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
-                              image_size=args.image_size, seed=args.seed, report=print)
+        ensure_shapes_dataset(args.out, num_train=args.num_train, num_val=args.num_val, seed=args.seed,
+                              report=print, kind=args.kind, **{**hard, "image_size": args.image_size or
+                                                               hard.get("image_size", _DEFAULTS["image_size"])})
     except (FileExistsError, ValueError, OSError) as e:
         print(f"minimaskrcnn.data.shapes: error: {e}", file=sys.stderr)
         return 1

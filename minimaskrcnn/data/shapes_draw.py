@@ -146,6 +146,13 @@ def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objec
     """
     background = _gradient_background(rng, image_size)                  # (S, S, 3) float
     shapes, labels = place_shapes(rng, image_size, max_objects, object_size, min_visible)
+    image, masks = paint_shapes(rng, background, shapes, noise)
+    return image, masks, labels
+
+
+def paint_shapes(rng: np.random.Generator, background: np.ndarray, shapes: np.ndarray, noise: tuple[float, float]):
+    """Paint full shape masks (G, S, S) bool, in drawing order, over a (S, S, 3) float background, then add
+    Gaussian noise: ``(image (S, S, 3) uint8, masks (G, S, S) bool visible pixels)``."""
     masks = visible_masks(shapes)
     image, colours = background.copy(), []
     for shape, mask in zip(shapes, masks, strict=True):
@@ -155,4 +162,4 @@ def draw_shapes_image(rng: np.random.Generator, image_size: int = 128, max_objec
         colours.append(_contrasting_colour(rng, [background[int(ys.mean()), int(xs.mean())], *colours]))
         image[mask] = colours[-1]
     image += rng.normal(0.0, rng.uniform(*noise), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks, labels
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), masks

@@ -64,8 +64,9 @@ class BatchSampler:
     iterated before, so the state is just ``(epoch, position)``: the next batch is batch ``position`` of
     epoch ``epoch``. Iteration never ends: the caller stops after its number of iterations.
 
-    Each batch also comes with its own generator (``default_rng([seed, epoch, position, 1])``) for the
-    batch's random augmentation, so a resumed run flips the same images too.
+    Each image of a batch also comes with its own generator, ``default_rng([seed, epoch, position, 1, j])``
+    for the image at place ``j`` of the batch, for its random augmentation: a resumed run flips the same
+    images, and a batch split over processes is flipped as one process would flip it.
     """
 
     def __init__(self, num_images: int, batch_size: int, seed: int = 0, shuffle: bool = True,
@@ -91,14 +92,14 @@ class BatchSampler:
         return self
 
     def __next__(self):
-        """The next ``(indices, rng)``: an int64 array of image indices and the batch's generator."""
+        """The next ``(indices, rngs)``: an int64 array of image indices and one generator per image."""
         if self.position >= self.batches_per_epoch():
             self.epoch, self.position = self.epoch + 1, 0
         start = self.position * self.batch_size
         indices = self.epoch_order(self.epoch)[start: start + self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, self.position, 1])
+        rngs = [np.random.default_rng([self.seed, self.epoch, self.position, 1, j]) for j in range(len(indices))]
         self.position += 1
-        return indices, rng
+        return indices, rngs
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
@@ -115,22 +116,38 @@ class DataLoader:
     ``dataset[i]`` must return ``(image (H, W, 3) uint8, target dict)``. Images stay a list (sizes may
     differ); the model resizes and pads them (:class:`~minimaskrcnn.model.transform.GeneralizedRCNNTransform`).
     ``state_dict()`` / ``load_state_dict()`` delegate to the :class:`BatchSampler`.
+
+    Data-parallel training (``shard=(rank, size)``): ``batch_size`` is the whole batch's, and this loader
+    loads only the rank's equal part of each batch, images ``rank * n .. (rank + 1) * n - 1`` with
+    ``n = batch_size / size``, flipped as one process flips them (per-image generators); ``size`` must
+    divide every batch, so use ``drop_last`` unless it divides the data set too.
     """
 
     def __init__(self, dataset, batch_size: int, seed: int = 0, shuffle: bool = True, hflip_prob: float = 0.5,
-                 drop_last: bool = False):
+                 drop_last: bool = False, shard=(0, 1)):
+        rank, size = shard
+        if not 0 <= rank < size or batch_size % size:
+            raise ValueError(f"DataLoader: shard (rank {rank}, size {size}) must have 0 <= rank < size and size "
+                             f"dividing batch_size {batch_size}")
         self.dataset = dataset
         self.sampler = BatchSampler(len(dataset), batch_size, seed, shuffle, drop_last)
-        self.hflip_prob = hflip_prob
+        self.hflip_prob, self.shard = hflip_prob, (rank, size)
+        self.last_places = []     # the places in the whole batch of the images last returned
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        indices, rng = next(self.sampler)
+        indices, rngs = next(self.sampler)
+        rank, size = self.shard
+        if len(indices) % size:
+            raise ValueError(f"DataLoader: a batch of {len(indices)} images cannot be split over {size} processes "
+                             "(use drop_last=True)")
+        n = len(indices) // size
+        self.last_places = list(range(rank * n, (rank + 1) * n))
         images, targets = [], []
-        for i in indices:
-            image, target = random_hflip(*self.dataset[int(i)], rng, self.hflip_prob,
+        for j in self.last_places:
+            image, target = random_hflip(*self.dataset[int(indices[j])], rngs[j], self.hflip_prob,
                                          getattr(self.dataset, "keypoint_flip_indices", None))
             images.append(image)
             targets.append(target)

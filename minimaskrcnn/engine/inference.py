@@ -25,8 +25,8 @@ def _predictions(model, dataset, batch_size, progress, desc):
 
 
 def model_iou_types(model) -> tuple:
-    """What a model predicts, as COCOeval's iou types: 'bbox', plus 'segm' with a mask branch and
-    'keypoints' with a keypoint branch (paper §5)."""
+    """What a model predicts, as COCOeval's iou types: 'bbox', plus 'segm' with a mask branch (a Faster R-CNN,
+    ``mask_on=False``, has none: Table 3) and 'keypoints' with a keypoint branch (paper §5)."""
     heads = getattr(model, "roi_heads", None)
     if heads is None:                   # a stand-in with only predict(): boxes and masks, as before keypoints
         return ("bbox", "segm")

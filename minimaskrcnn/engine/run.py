@@ -138,33 +138,47 @@ def _short(value) -> str:
 
 # ---- training -----------------------------------------------------------------------------------------
 def train_model(config, train_set, out_dir, device="cpu", resume=False, eval_set=None, eval_every=0,
-                checkpoint_every=100, progress=True, overrides=None):
+                checkpoint_every=100, progress=True, overrides=None, comm=None):
     """Train ``config`` (its ``max_iters``, its ``seed`` for the batches) on ``train_set``, into ``out_dir``.
 
     ``overrides`` ({field: [old, new]}, from :func:`resume_config`) are written into the log when resuming.
+    ``comm`` (``engine.distributed.get_communicator()``): the ranks that share each batch; None: this process.
+    Every batch is full (an epoch's last, partial batch is dropped, whatever the number of ranks), so that
+    it splits evenly and 1 or N ranks see the same batches.
     """
     from ..data.transforms import DataLoader
     from ..model import build_model
+    from .distributed import SerialCommunicator, check_same_everywhere, distribute_model, split_batch
     from .inference import evaluate_model
     from .trainer import Trainer
 
-    model = build_model(config).to(device)
-    loader = DataLoader(train_set, config.images_per_batch, seed=config.seed, hflip_prob=config.hflip_prob)
+    comm = SerialCommunicator() if comm is None else comm
+    split_batch(config.images_per_batch, comm)
+    if comm.size > 1 and len(train_set) < config.images_per_batch:
+        raise UserError(f"the training set has {len(train_set)} images, fewer than a batch of "
+                        f"{config.images_per_batch}: {comm.size} processes cannot share it")
+    model = distribute_model(build_model(config).to(device), comm)
+    loader = DataLoader(train_set, config.images_per_batch, seed=config.seed, hflip_prob=config.hflip_prob,
+                        drop_last=len(train_set) >= config.images_per_batch, shard=(comm.rank, comm.size))
 
     def eval_fn(m):
         metrics, _, _ = evaluate_model(m, eval_set, verbose=False, progress=progress, keep_masks=0)
         return {t: {k: v for k, v in s.items() if k != "per_class_AP"} for t, s in metrics.items()}
 
     trainer = Trainer(model, loader, out_dir, eval_fn=eval_fn if eval_set is not None else None,
-                      eval_every=eval_every, checkpoint_every=checkpoint_every, progress=progress)
+                      eval_every=eval_every, checkpoint_every=checkpoint_every, progress=progress, comm=comm)
+    say = print if comm.rank == 0 else (lambda *a: None)
     if resume:
         if not os.path.exists(trainer.checkpoint_path):
             raise UserError(f"--resume: no checkpoint at {trainer.checkpoint_path}")
         trainer.load()
-        print(f"resumed from {trainer.checkpoint_path} at iteration {trainer.iteration}")
+        say(f"resumed from {trainer.checkpoint_path} at iteration {trainer.iteration}")
         if overrides:
             trainer.log["overrides"].append({"iteration": trainer.iteration, "changes": overrides})
-            print("--override: " + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in overrides.items()))
+            say("--override: " + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in overrides.items()))
+    check_same_everywhere(comm, config, model)
+    if comm.size > 1:
+        say(f"data-parallel: {comm.size} processes, {config.images_per_batch // comm.size} images each per batch")
     trainer.train()
     return model, trainer
 

@@ -11,6 +11,11 @@ Divergence (paper §3.1's schedule with a learning rate far too large): a NaN/in
 training at once; a loss far above its running median (``SPIKE_FACTOR``) postpones the next checkpoint,
 and weights beyond :data:`~minimaskrcnn.engine.checkpoint.MAX_SANE_WEIGHT` stop training before they are
 saved. So ``last.npz`` only ever holds a sane model.
+
+Data-parallel (``comm`` from :mod:`~minimaskrcnn.engine.distributed`, the loader sharded over its ranks):
+after each backward the gradients and the losses are summed over the ranks, so every rank takes the step
+one process would take on the whole batch; rank 0 alone writes files and shows progress. The samplers'
+random streams are keyed by (seed, iteration, image's place in the batch): no random state to save.
 """
 from __future__ import annotations
 
@@ -20,10 +25,12 @@ import time
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 from ..nn.module import save_npz
 from ..nn.optim import SGD, WarmupMultiStepLR
+from ..ops.sampler import image_streams
 from .checkpoint import CheckpointError, load_state_checked, read_checkpoint, weights_problem
+from .distributed import GradientAllreduce, SerialCommunicator, allreduce_losses
 
 __all__ = ["LOSS_NAMES", "CheckpointError", "Trainer", "TrainingDiverged", "read_checkpoint"]
 
@@ -49,17 +56,22 @@ class Trainer:
         eval_fn: optional ``eval_fn(model) -> dict`` run every ``eval_every`` iterations and at the end.
         checkpoint_every: iterations between checkpoints (and always at the end).
         progress: show a tqdm progress bar.
+        comm: the ranks of data-parallel training (``engine.distributed``; ``distribute_model`` applied to
+            ``model``, ``loader`` sharded); None: this process alone. ``eval_fn`` runs on rank 0 only.
     """
 
     def __init__(self, model, loader, out_dir, max_iters=None, eval_fn=None, eval_every=0, checkpoint_every=100,
-                 progress=True):
+                 progress=True, comm=None):
         c = model.config
+        self.comm = SerialCommunicator() if comm is None else comm
+        self.is_main = self.comm.rank == 0       # rank 0 writes files and shows progress
+        self.allreduce_gradients = GradientAllreduce(model.named_parameters(), self.comm)
         self.model, self.loader, self.out_dir = model, loader, os.fspath(out_dir)
         self.max_iters = c.max_iters if max_iters is None else int(max_iters)
         self.schedule = WarmupMultiStepLR(c.lr, c.lr_steps, 0.1, c.warmup_iters, c.warmup_factor)
         self.optimizer = SGD(model.named_parameters(), c.lr, c.momentum, c.weight_decay)
         self.eval_fn, self.eval_every = eval_fn, eval_every
-        self.checkpoint_every, self.progress = checkpoint_every, progress
+        self.checkpoint_every, self.progress = checkpoint_every, progress and self.is_main
         self.iteration = 0
         self.saved_iteration = None        # the iteration last.npz holds (None: not written by this run)
         self.spike_since = None            # first iteration since that save whose loss spiked
@@ -76,7 +88,11 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------------
     def save(self) -> None:
-        """Write ``last.npz`` atomically (temporary file, then rename), then its copy of the log, ``log.json``."""
+        """Write ``last.npz`` atomically (temporary file, then rename), then its copy of the log, ``log.json``
+        (rank 0 only: every rank holds the same weights)."""
+        self.saved_iteration, self.spike_since = self.iteration, None
+        if not self.is_main:
+            return
         arrays = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_dict().items()})
         meta = {"iteration": self.iteration, "loader": self.loader.state_dict(),
@@ -85,7 +101,6 @@ class Trainer:
         # a unicode string array: loads without pickle
         arrays["meta.json"] = np.array(json.dumps(meta, default=_json_default))
         save_npz(self.checkpoint_path, arrays)
-        self.saved_iteration, self.spike_since = self.iteration, None
         self._save_log()
 
     def _save_log(self) -> None:
@@ -116,7 +131,7 @@ class Trainer:
     def remove_stale_temporaries(self) -> list:
         """Delete what an interrupted save left in ``out_dir`` (``save_npz``'s ``.tmp_*.npz``, the log's
         ``log.json.tmp<pid>``): only our own temporary names. Returns the paths removed."""
-        if not os.path.isdir(self.out_dir):
+        if not self.is_main or not os.path.isdir(self.out_dir):
             return []
         removed = []
         for name in sorted(os.listdir(self.out_dir)):
@@ -127,16 +142,22 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def step(self, images, targets) -> dict:
-        """One iteration: forward, backward, guard, SGD update. Returns the losses."""
+        """One iteration: forward, backward, (data-parallel: sum the gradients and losses over the ranks),
+        guard, SGD update. Returns the losses (of the whole batch)."""
         model = self.model
         lr = self.schedule(self.iteration)
+        places = getattr(self.loader, "last_places", None) or range(len(images))   # in the whole batch
         try:
-            losses = model.forward_train(images, targets)
+            losses = model.forward_train(images, targets,
+                                         rngs=image_streams(model.config.seed, self.iteration, places))
         except FloatingPointError as e:
             raise self._diverged(str(e)) from None
         model.zero_grad()
         model.backward()
-        bad = [n for n, p in model.named_parameters() if p.grad is not None and not _finite(p.grad)]
+        if self.comm.size > 1:
+            self.allreduce_gradients()
+            losses = allreduce_losses(losses, self.comm)
+        bad = _non_finite([(n, p.grad) for n, p in model.named_parameters() if p.grad is not None])
         if bad:
             raise self._diverged(f"the gradient of {bad[0]} is not finite ({len(bad)} parameters affected)")
         self.optimizer.lr = lr
@@ -225,6 +246,8 @@ class Trainer:
         return self.log
 
     def _evaluate(self):
+        if not self.is_main:
+            return
         metrics = self.eval_fn(self.model)
         self.model.train()
         self.log["evals"].append({"iteration": self.iteration, **metrics})
@@ -244,8 +267,16 @@ def _read_old_log(path, iteration: int) -> dict:
                               "remove or repair it to resume") from None
 
 
-def _finite(a) -> bool:
-    return bool(get_xp(a).isfinite(a).all())
+def _non_finite(named_arrays) -> list:
+    """The names of the arrays holding a NaN or an infinity. One flag per array, stacked and read back once:
+    on a GPU a read-back waits for the device, so one per parameter would stall every iteration ~100 times."""
+    if not named_arrays:
+        return []
+    xp = get_xp(named_arrays[0][1])
+    finite = xp.stack([xp.isfinite(a).all() for _, a in named_arrays])
+    if bool(finite.all()):
+        return []
+    return [n for (n, _), ok in zip(named_arrays, to_numpy(finite), strict=True) if not ok]
 
 
 def _write_json_atomic(path, obj) -> None:

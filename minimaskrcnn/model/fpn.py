@@ -53,11 +53,13 @@ class FeaturePyramidNetwork(nn.Module):
             raise ValueError(f"FeaturePyramidNetwork: expected {n} feature maps, got {len(feats)}")
         inner = [None] * n
         ups = [None] * n
+        ### BEGIN SOLUTION
         inner[-1] = self.inner_blocks[-1](feats[-1])
         for k in range(n - 2, -1, -1):
             lateral = self.inner_blocks[k](feats[k])
             top_down, ups[k] = upsample_nearest_forward(inner[k + 1], size=lateral.shape[-2:])
             inner[k] = lateral + top_down
+        ### END SOLUTION
         outs = [self.layer_blocks[k](inner[k]) for k in range(n)]
         pool_cache = None
         if self.extra_pool:
@@ -75,8 +77,10 @@ class FeaturePyramidNetwork(nn.Module):
             grads[n - 1] = grads[n - 1] + max_pool2d_backward(grads.pop(), pool_cache)
         d_inner = [self.layer_blocks[k].backward(grads[k]) for k in range(n)]
         # The top-down path, fine to coarse: inner_{k+1} also reached P_k through the upsample.
+        ### BEGIN SOLUTION
         for k in range(n - 1):
             d_inner[k + 1] = d_inner[k + 1] + upsample_nearest_backward(d_inner[k], ups[k])
+        ### END SOLUTION
         return [self.inner_blocks[k].backward(d_inner[k]) for k in range(n)]
 
 

@@ -49,9 +49,10 @@ class MaskRCNN(nn.Module):
         self.transform = transform
         self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
         self.config = config
-        # the samplers' random draws (saved with checkpoints)
+        # the samplers' random draws when forward_train is given no per-image streams (saved with checkpoints)
         self.rng = np.random.default_rng(config.seed if config is not None else 0)
         self.device = "cpu"
+        self.comm = None     # data-parallel: the processes the batch is split over (engine/distributed.py)
 
     @property
     def num_classes(self) -> int:
@@ -77,7 +78,7 @@ class MaskRCNN(nn.Module):
         return to_device(batch, self.device), sizes, originals, targets
 
     # ---- training ----------------------------------------------------------------------------------------
-    def forward_train(self, images, targets, proposals=None):
+    def forward_train(self, images, targets, proposals=None, rngs=None):
         """The five losses of one batch: the paper's ``L = L_cls + L_box + L_mask`` (§3) and the RPN's two.
 
         Args:
@@ -86,25 +87,44 @@ class MaskRCNN(nn.Module):
             proposals: optional per-image proposals (in the resized image's pixels) to use instead of the
                 RPN's; the RPN losses are still computed. Used by the gradient checks, where the discrete
                 top-k/NMS must not move under tiny weight changes.
+            rngs: one ``numpy.random.Generator`` per image for the anchor and RoI sampling (the trainer keys
+                them by seed, iteration and the image's place in the batch: ``ops.sampler.image_streams``);
+                None: every image draws from ``self.rng`` in turn.
         Returns:
             {'loss_objectness', 'loss_rpn_box_reg', 'loss_classifier', 'loss_box_reg', 'loss_mask'}: floats.
         """
         if not self.training:
             raise RuntimeError("forward_train needs training mode: call model.train() first")
         self.free_cache()
+        rng = self.rng if rngs is None else list(rngs)
+        if rngs is not None and len(rng) != len(images):
+            raise ValueError(f"forward_train: {len(images)} images but {len(rng)} random streams")
         batch, sizes, _, targets = self.preprocess(images, targets)
+        if self.comm is not None:
+            batch = self.pad_like_whole_batch(batch)
         features = self.backbone(batch)
-        rpn_proposals, rpn_losses = self.rpn(features, sizes, batch.shape[-2:], targets, self.rng)
+        rpn_proposals, rpn_losses = self.rpn(features, sizes, batch.shape[-2:], targets, rng)
         if proposals is not None:
             xp = get_xp(batch)
             rpn_proposals = [xp.asarray(p, dtype=batch.dtype) for p in proposals]
         self.last_proposals = rpn_proposals
-        roi_losses = self.roi_heads.forward_train(features, rpn_proposals, sizes, targets, self.rng)
+        roi_losses = self.roi_heads.forward_train(features, rpn_proposals, sizes, targets, rng)
         losses = {**rpn_losses, **roi_losses}
         for name, value in losses.items():
             if not np.isfinite(value):
                 raise FloatingPointError(f"{name} is {value}: training diverged (try a lower learning rate)")
         return losses
+
+    def pad_like_whole_batch(self, batch):
+        """Data-parallel: zero-pad this process's (n, 3, H, W) batch to the largest H and W over the processes,
+        the size one process would pad the whole batch to (anchors and BN statistics depend on it)."""
+        xp = get_xp(batch)
+        H, W = (int(v) for v in self.comm.allreduce(np.array(batch.shape[-2:], np.int64), op="max"))
+        if (H, W) == batch.shape[-2:]:
+            return batch
+        out = xp.zeros(batch.shape[:2] + (H, W), batch.dtype)
+        out[..., :batch.shape[2], :batch.shape[3]] = batch
+        return out
 
     def backward(self):
         """Back-propagate the sum of the losses of the last :meth:`forward_train` into every parameter's

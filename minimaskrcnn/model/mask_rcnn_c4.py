@@ -31,7 +31,7 @@ from __future__ import annotations
 from .. import nn
 from ..backend import get_xp
 from ..config import MaskRCNNConfig
-from .heads import FastRCNNPredictor, MaskRCNNPredictor
+from .heads import FastRCNNPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
 from .mask_rcnn import MaskRCNN, build_roi_heads, build_rpn, build_transform
 from .resnet import BLOCKS, ResNet, make_stage
 
@@ -118,7 +118,45 @@ def build_maskrcnn_c4(config: MaskRCNNConfig) -> MaskRCNN:
     box_predictor = Res5BoxPredictor(res5.out_channels, c.num_classes, dtype=dt)
     mask_classes = 1 if c.class_agnostic_masks else c.num_classes
     mask_predictor = MaskRCNNPredictor(res5.out_channels, c.mask_dim_reduced, mask_classes, dtype=dt)
+    if not c.mask_on:
+        mask_predictor = None
     res5_side = (c.box_pool_size - 1) // 2 + 1          # the stride-2 first block: 14 -> 7
     roi_heads = build_roi_heads(c, res5, box_predictor, None, mask_predictor, mask_resolution=2 * res5_side,
                                 featmap_levels=(0,))
+    return MaskRCNN(backbone, rpn, roi_heads, build_transform(c), config=c)
+
+
+def build_maskrcnn_c5(config: MaskRCNNConfig) -> MaskRCNN:
+    """Mask R-CNN on ResNet's C5 alone (stride 32), the paper's Table 2d: all four stages, the RPN and the RoI
+    pooling on the one C5 map, and "the same head as in Figure 4 (right), as the res5 head is not applicable"
+    (the FPN heads: 2 fc box head, FCN mask head, 28x28 masks). With a stride of 32 pixels, RoIPool's rounding
+    moves a RoI by up to 16 pixels: the ablation where alignment matters most.
+
+    Sub-modules: ``backbone`` (``body``: stem + layer1..layer4), ``rpn``, ``roi_heads`` (as FPN's).
+    """
+    c = config
+    if c.architecture != "c5":
+        raise ValueError(f"build_maskrcnn_c5: architecture must be 'c5', got {c.architecture!r}")
+    if c.mask_head != "fcn":
+        raise ValueError(f"build_maskrcnn_c5: the C5 model has the FCN mask head (mask_head='fcn'), got "
+                         f"{c.mask_head!r}")
+    if len(c.anchor_sizes) != 1:
+        raise ValueError(f"build_maskrcnn_c5: the RPN runs on one feature map (C5), so anchor_sizes must hold one "
+                         f"tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
+    dt = c.dtype
+    nn.init.manual_seed(c.seed)
+    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=4,
+                  return_stages=(4,), frozen_stages=c.frozen_stages, dtype=dt)
+    backbone = ResNetC4Backbone(body)             # the same wrapper: one map in a list, here C5
+    channels = backbone.out_channels
+    rpn = build_rpn(c, channels)
+    box_head = TwoMLPHead(channels * c.box_pool_size ** 2, c.representation_size, dtype=dt)
+    box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes, dtype=dt)
+    mask_head = mask_predictor = None
+    if c.mask_on:
+        mask_head = MaskRCNNHeads(channels, c.mask_layers, dtype=dt)
+        mask_predictor = MaskRCNNPredictor(mask_head.out_channels, c.mask_dim_reduced,
+                                           1 if c.class_agnostic_masks else c.num_classes, dtype=dt)
+    roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
+                                mask_resolution=2 * c.mask_pool_size, featmap_levels=(0,))
     return MaskRCNN(backbone, rpn, roi_heads, build_transform(c), config=c)

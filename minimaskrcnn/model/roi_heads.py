@@ -29,9 +29,9 @@ from ..ops.matcher import Matcher
 from ..ops.poolers import infer_scale, multiscale_roi_backward, multiscale_roi_forward
 from ..ops.sampler import BalancedPositiveNegativeSampler
 from .keypoint_head import heatmaps_to_keypoints, keypoints_to_heatmap
-from .losses import (MASK_LOSSES, FastRCNNLossCache, KeypointRCNNLossCache, MaskRCNNLossCache, fastrcnn_loss_backward,
-                     fastrcnn_loss_forward, keypointrcnn_loss_backward, keypointrcnn_loss_forward, mask_probs,
-                     maskrcnn_loss_backward, maskrcnn_loss_forward)
+from .losses import (MASK_LOSSES, FastRCNNLossCache, KeypointRCNNLossCache, MaskRCNNLossCache, batch_totals,
+                     fastrcnn_loss_backward, fastrcnn_loss_forward, keypointrcnn_loss_backward,
+                     keypointrcnn_loss_forward, mask_probs, maskrcnn_loss_backward, maskrcnn_loss_forward)
 
 
 def infer_scales(features, image_sizes):
@@ -120,6 +120,7 @@ class RoIHeads(nn.Module):
         self.box_coder = BoxCoder(bbox_reg_weights)
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
         self.box_loss_beta, self.mask_loss, self.mask_resolution = box_loss_beta, mask_loss, mask_resolution
+        self.comm = None     # data-parallel: the processes the batch is split over (losses' normalisers)
 
     @property
     def has_mask(self):
@@ -190,19 +191,24 @@ class RoIHeads(nn.Module):
         levels = self.pooled_levels(features)
         scales = infer_scales(levels, image_sizes)
         samples = self.select_training_samples(proposals, targets, rng)
-        losses, box_features, box_pool, box_loss = self.box_branch(levels, samples, scales)
+        # the losses' normalisers: sampled and positive RoIs of the whole batch (over every process)
+        num_rois, num_positive = batch_totals([sum(s.labels.shape[0] for s in samples),
+                                               sum((s.labels > 0).sum() for s in samples)], self.comm)
+        losses, box_features, box_pool, box_loss = self.box_branch(levels, samples, scales, num_rois)
         mask = None
         if self.has_mask:
-            losses["loss_mask"], mask = self.mask_branch(levels, samples, targets, scales, box_features)
+            losses["loss_mask"], mask = self.mask_branch(levels, samples, targets, scales, box_features,
+                                                         num_positive)
         keypoint = None
         if self.has_keypoint:
             losses["loss_keypoint"], keypoint = self.keypoint_branch(levels, samples, targets, scales)
         self.save_for_backward(RoIHeadsCache(len(features), box_pool, box_loss, mask, keypoint))
         return losses
 
-    def box_branch(self, levels, samples, scales):
-        """Pool the sampled RoIs 7x7, run the box head and predictor, and L_cls + L_box.
-        Returns (losses, the box head's output, the pooling's cache, the loss's cache)."""
+    def box_branch(self, levels, samples, scales, normalizer=None):
+        """Pool the sampled RoIs 7x7, run the box head and predictor, and L_cls + L_box (divided by
+        ``normalizer``, the sampled RoIs of the whole batch; None: these). Returns (losses, the box head's
+        output, the pooling's cache, the loss's cache)."""
         xp = get_xp(levels[0])
         labels = xp.concatenate([s.labels for s in samples])
         regression_targets = xp.concatenate([s.regression_targets for s in samples])
@@ -211,13 +217,16 @@ class RoIHeads(nn.Module):
         box_features = self.box_head(pooled)
         class_logits, box_regression = self.box_predictor(box_features)
         (loss_classifier, loss_box), loss_cache = fastrcnn_loss_forward(class_logits, box_regression, labels,
-                                                                        regression_targets, self.box_loss_beta)
+                                                                        regression_targets, self.box_loss_beta,
+                                                                        normalizer)
         return {"loss_classifier": loss_classifier, "loss_box_reg": loss_box}, box_features, pool_cache, loss_cache
 
-    def mask_branch(self, levels, samples, targets, scales, box_features=None):
+    def mask_branch(self, levels, samples, targets, scales, box_features=None, normalizer=None):
         """L_mask on the positive sampled RoIs: pool them 14x14, run the mask head and predictor (or, C4, the
         predictor on their rows of ``box_features``), and compare with their GT masks RoIAligned to the
-        M x M grid of the logits (§3). Returns (loss, cache); the cache is None when no RoI is positive."""
+        M x M grid of the logits (§3); the sum over pixels is divided by ``normalizer`` (the positive RoIs of
+        the whole batch; None: these) x M x M. Returns (loss, cache); the cache is None when no RoI is
+        positive."""
         xp = get_xp(levels[0])
         keep = [xp.nonzero(s.labels > 0)[0] for s in samples]
         labels = xp.concatenate([s.labels[k] for s, k in zip(samples, keep)])
@@ -234,7 +243,7 @@ class RoIHeads(nn.Module):
         mask_targets = xp.concatenate([
             project_masks_on_boxes(t["masks"], b, s.matched_idxs[k], M, impl=self.impl)
             for b, s, k, t in zip(boxes, samples, keep, targets)]).astype(levels[0].dtype)
-        loss, loss_cache = maskrcnn_loss_forward(mask_logits, mask_targets, labels, self.mask_loss)
+        loss, loss_cache = maskrcnn_loss_forward(mask_logits, mask_targets, labels, self.mask_loss, normalizer)
         return loss, MaskBranchCache(pool_cache, loss_cache, positive)
 
     def backward(self, scale: float = 1.0):
@@ -340,24 +349,27 @@ class RoIHeads(nn.Module):
         14x14, run the keypoint head and predictor, and compare with the matched GT keypoints discretised on
         the m x m grid of each RoI. Returns (loss, cache); the cache is None when no RoI is positive."""
         xp = get_xp(levels[0])
-        keep = [xp.nonzero(s.labels > 0)[0] for s in samples]
-        boxes = [s.proposals[k] for s, k in zip(samples, keep)]
-        if sum(int(b.shape[0]) for b in boxes) == 0:
-            return 0.0, None
         if any("keypoints" not in t for t in targets):
             raise ValueError("a model with a keypoint branch needs targets with 'keypoints' (G, K, 3) [x, y, v]")
         K = self.keypoint_predictor.out_channels
         if any(t["keypoints"].shape[1] != K for t in targets):
             raise ValueError(f"the keypoint branch predicts {K} keypoints; the targets have "
                              f"{[int(t['keypoints'].shape[1]) for t in targets]}")
-        pooled, pool_cache = self.pool(levels, boxes_to_rois(boxes, xp), self.keypoint_pool_size, scales)
-        logits = self.keypoint_predictor(self.keypoint_head(pooled))                      # (P, K, m, m)
-        targets_on_grid = [keypoints_to_heatmap(xp.asarray(t["keypoints"], b.dtype)[s.matched_idxs[k]], b,
-                                                logits.shape[-1])
+        keep = [xp.nonzero(s.labels > 0)[0] for s in samples]
+        boxes = [s.proposals[k] for s, k in zip(samples, keep)]
+        M = self.keypoint_predictor.up_scale * 2 * self.keypoint_pool_size      # 14 -> 28 -> 56
+        targets_on_grid = [keypoints_to_heatmap(xp.asarray(t["keypoints"], b.dtype)[s.matched_idxs[k]], b, M)
                            for b, s, k, t in zip(boxes, samples, keep, targets)]
         heatmaps = xp.concatenate([h for h, _ in targets_on_grid])
         valid = xp.concatenate([v for _, v in targets_on_grid])
-        loss, loss_cache = keypointrcnn_loss_forward(logits, heatmaps, valid)
+        # the loss's normaliser: the labelled keypoints of the whole batch (over every process); every process
+        # takes part in the count, also one without positive RoIs
+        (num_valid,) = batch_totals([int(valid.sum())], self.comm)
+        if heatmaps.shape[0] == 0:
+            return 0.0, None
+        pooled, pool_cache = self.pool(levels, boxes_to_rois(boxes, xp), self.keypoint_pool_size, scales)
+        logits = self.keypoint_predictor(self.keypoint_head(pooled))                      # (P, K, m, m)
+        loss, loss_cache = keypointrcnn_loss_forward(logits, heatmaps, valid, normalizer=num_valid)
         return loss, KeypointBranchCache(pool_cache, loss_cache)
 
     def predict_keypoints(self, levels, results, scales):

@@ -22,7 +22,7 @@ from ..nn.activation import relu_backward, relu_forward, sigmoid
 from ..ops.boxes import BoxCoder, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 from ..ops.matcher import Matcher
 from ..ops.sampler import BalancedPositiveNegativeSampler
-from .losses import RPNLossCache, rpn_loss_backward, rpn_loss_forward
+from .losses import RPNLossCache, batch_totals, rpn_loss_backward, rpn_loss_forward
 
 
 class RPNHead(nn.Module):
@@ -95,7 +95,11 @@ class RegionProposalNetwork(nn.Module):
     ``forward(features, image_sizes, batch_shape, targets=None, rng=None)`` returns
     ``(proposals, losses)``: per image an (P, 4) array of proposals in the padded batch's pixel
     coordinates, and in training ``{'loss_objectness', 'loss_rpn_box_reg'}``. ``backward()`` then returns
-    the gradient of the sum of the two losses for every feature level.
+    the gradient of the sum of the two losses for every feature level. ``rng``: a Generator, or one per
+    image (:class:`~minimaskrcnn.ops.sampler.BalancedPositiveNegativeSampler`).
+
+    ``comm`` (None, or set by ``engine.distributed.distribute_model``): the processes the batch is split
+    over; the losses then divide by the sampled anchors of the whole batch (``model/losses.py``).
     """
 
     def __init__(self, anchor_generator, head, fg_iou_thresh=0.7, bg_iou_thresh=0.3, batch_size_per_image=256,
@@ -111,6 +115,7 @@ class RegionProposalNetwork(nn.Module):
         self.post_nms_top_n = dict(zip(("training", "testing"), post_nms_top_n))
         self.nms_thresh, self.score_thresh, self.min_size = nms_thresh, score_thresh, min_size
         self.box_loss_beta = box_loss_beta
+        self.comm = None
 
     def _mode(self):
         return "training" if self.training else "testing"
@@ -136,9 +141,10 @@ class RegionProposalNetwork(nn.Module):
                 raise ValueError("RegionProposalNetwork: training needs targets")
             labels, regression_targets = self.assign_targets_to_anchors(anchors, targets, objectness.dtype)
             labels = self.sample(labels, rng)
+            (num_sampled,) = batch_totals([(labels >= 0).sum()], self.comm)
             (loss_objectness, loss_box), loss_cache = rpn_loss_forward(
                 objectness.reshape(-1), pred_bbox_deltas.reshape(-1, 4), labels, regression_targets,
-                self.box_loss_beta)
+                self.box_loss_beta, normalizer=num_sampled)
             losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_box}
             self.save_for_backward(RPNCache([lg.shape for lg in logits], A, anchors_per_level, loss_cache))
         return proposals, losses

@@ -41,6 +41,7 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
         cols: (N, C*kh*kw, Ho*Wo) with ``cols[n, (c*kh + i)*kw + j, oy*Wo + ox] =
         x_padded[n, c, oy*sh + i*dh, ox*sw + j*dw]``.
     """
+    ### BEGIN SOLUTION
     xp = get_xp(x)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     N, C, H, W = x.shape
@@ -56,6 +57,7 @@ def im2col(x, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
     # The reshape below is the one copy im2col makes.
     win = as_strided(x, (N, C, kh, kw, Ho, Wo), (s0, s1, s2 * dh, s3 * dw, s2 * sh, s3 * sw))
     return win.reshape(N, C * kh * kw, Ho * Wo)
+    ### END SOLUTION
 
 
 def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)):
@@ -67,6 +69,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
     Returns:
         (N, C, H, W). Overlapping receptive fields (stride < kernel) accumulate.
     """
+    ### BEGIN SOLUTION
     xp = get_xp(cols)
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     N, C, H, W = x_shape
@@ -82,6 +85,7 @@ def col2im(cols, x_shape, kh, kw, stride=(1, 1), padding=(0, 0), dilation=(1, 1)
             y0, x0 = i * dh, j * dw
             out[:, :, y0:y0 + sh * (Ho - 1) + 1:sh, x0:x0 + sw * (Wo - 1) + 1:sw] += cols[:, :, i, j]
     return out[:, :, ph:ph + H, pw:pw + W]
+    ### END SOLUTION
 
 
 def _check_conv_args(x, w, b, groups, op, transposed=False):
@@ -152,7 +156,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: input {H}x{W} is smaller than the dilated kernel {kh}x{kw} "
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
-    if use_row_shifts(w.shape, stride, padding, dilation):
+    if use_row_shifts(w.shape, stride, padding, dilation, H):
         return conv2d_forward_rowshift(x, w, b, padding, dilation, groups)
     return conv2d_forward_im2col(x, w, b, stride, padding, dilation, groups)
 
@@ -176,6 +180,7 @@ def conv2d_forward_im2col(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=
     Returns:
         out: (N, C_out, Ho, Wo); a :class:`Conv2dIm2colCache`.
     """
+    ### BEGIN SOLUTION
     xp = get_xp(x, w, b)
     N, C, H, W = x.shape
     c_out, cg, kh, kw = w.shape
@@ -188,6 +193,7 @@ def conv2d_forward_im2col(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=
     if b is not None:
         out += b.reshape(1, -1, 1, 1)
     return out, Conv2dIm2colCache(cols, w, b is not None, tuple(x.shape), stride, padding, dilation, G)
+    ### END SOLUTION
 
 
 def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
@@ -199,6 +205,7 @@ def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
         dx (N, C_in, H, W) = col2im(W^T @ dout); dw (C_out, C_in/groups, kh, kw) = sum_n dout_n @ cols_n^T;
         db (C_out,) = sum of dout over n, y, x (None if the forward had no bias).
     """
+    ### BEGIN SOLUTION
     cols, w, has_bias, x_shape, stride, padding, dilation, G = cache
     xp = get_xp(dout, w)
     N = x_shape[0]
@@ -210,6 +217,7 @@ def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
     dcols = xp.matmul(w.reshape(G, c_out // G, K).swapaxes(-1, -2), d3)     # (N, G, K, P)
     dx = col2im(dcols.reshape(N, G * K, P), x_shape, kh, kw, stride, padding, dilation)
     return dx, dw, db
+    ### END SOLUTION
 
 
 class ConvTranspose2dCache(NamedTuple):

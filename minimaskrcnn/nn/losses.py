@@ -12,11 +12,20 @@ from ._checks import check_float_array
 from .activation import sigmoid
 
 
-def softmax_cross_entropy_forward(logits, labels, ignore_index=-1):
+def _check_normalizer(normalizer, op):
+    if not normalizer > 0:
+        raise ValueError(f"{op}: normalizer must be > 0, got {normalizer!r}")
+    return normalizer
+
+
+def softmax_cross_entropy_forward(logits, labels, ignore_index=-1, normalizer=None):
     """Mean over valid rows of ``-log softmax(logits)[label]`` (the classification loss L_cls).
 
     Args:
         logits: (N, K). labels: (N,) integers in [0, K), or ``ignore_index`` for rows that give no loss.
+        normalizer: what the sum is divided by; None: the number of valid rows (the mean). Data-parallel
+            training gives the valid rows of the whole batch, over every process, so that the processes'
+            losses add up to the loss of the whole batch.
     Returns:
         loss (float; 0.0 when no row is valid), cache.
     """
@@ -32,7 +41,7 @@ def softmax_cross_entropy_forward(logits, labels, ignore_index=-1):
         raise ValueError(f"{op}: labels must lie in [0, {K}) or equal ignore_index={ignore_index}")
     shifted = logits - logits.max(axis=1, keepdims=True)          # softmax is shift-invariant; avoids overflow
     log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    n = int(valid.sum())
+    n = int(valid.sum()) if normalizer is None else _check_normalizer(normalizer, op)
     safe = xp.where(valid, labels, 0)
     picked = xp.take_along_axis(log_probs, safe[:, None], axis=1)[:, 0]
     loss = float(-(picked * valid).sum() / max(n, 1))
@@ -88,7 +97,7 @@ def l1_forward(pred, target, normalizer=1.0):
 l1_backward = smooth_l1_backward
 
 
-def binary_cross_entropy_with_logits_forward(logits, targets):
+def binary_cross_entropy_with_logits_forward(logits, targets, normalizer=None):
     """Mean per-element sigmoid cross-entropy: the mask loss L_mask ("average binary cross-entropy", §3).
 
     ``bce(x, t) = -t log s(x) - (1 - t) log(1 - s(x))`` is computed as ``max(x, 0) - x t + log(1 + e^-|x|)``,
@@ -96,6 +105,8 @@ def binary_cross_entropy_with_logits_forward(logits, targets):
 
     Args:
         logits, targets: same shape, e.g. (P, M, M) for P positive RoIs, each the mask of its GT class.
+        normalizer: what the sum is divided by; None: the number of elements (the mean). Data-parallel
+            training gives the elements of the whole batch, over every process.
     Returns:
         loss (float; 0.0 for empty input), cache.
     """
@@ -105,8 +116,8 @@ def binary_cross_entropy_with_logits_forward(logits, targets):
         raise ValueError(f"{op}: logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ in shape")
     xp = get_xp(logits, targets)
     t = targets.astype(logits.dtype, copy=False)
-    n = logits.size
-    if n == 0:
+    n = logits.size if normalizer is None else _check_normalizer(normalizer, op)
+    if logits.size == 0:
         return 0.0, (logits, t, 1)
     per = xp.maximum(logits, 0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
     return float(per.sum() / n), (logits, t, n)

@@ -1,10 +1,13 @@
-"""Normalisation layers: BatchNorm (Ioffe & Szegedy 2015), the frozen BN of the paper's backbones, and
-GroupNorm (Wu & He 2018), which Detectron uses for heads trained from scratch with small batches.
+"""Normalisation layers: BatchNorm (Ioffe & Szegedy 2015), its synchronized form for a batch split over
+processes, the frozen BN of the paper's backbones, and GroupNorm (Wu & He 2018), which Detectron uses for
+heads trained from scratch with small batches.
 
 Batch statistics are taken over every axis but the channel axis 1, so the same code serves (N, C) and
 (N, C, H, W) inputs.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -31,6 +34,28 @@ def _check_affine(x, op, **vectors):
                              f"got {tuple(v.shape)}")
 
 
+def batch_statistics(x, comm=None):
+    """Per-channel mean and biased variance of ``x`` over every axis but 1, and the count m per channel.
+
+    Computed from the sums ``[sum x, sum x^2, m]``, accumulated in float64 (``var = E[x^2] - mean^2`` would
+    lose digits in float32) and cast back to x's dtype. With ``comm`` (data-parallel: x is this process's
+    slice of the batch) the sums are added over the processes by one ``comm.allreduce`` first, so the
+    statistics are the whole batch's; the float64 sums differ from one process's only in the order of their
+    additions, so after the cast the statistics are almost always the very same float32 numbers.
+    Returns (mean (C,), var (C,), m).
+    """
+    xp = get_xp(x)
+    axes, C = _reduce_axes(x), x.shape[1]
+    sums = xp.concatenate([x.sum(axis=axes, dtype=np.float64), (x * x).sum(axis=axes, dtype=np.float64),
+                           xp.asarray([x.size // C], dtype=np.float64)])
+    if comm is not None:
+        sums = comm.allreduce(sums)
+    m = float(sums[-1])
+    mean = sums[:C] / max(m, 1.0)
+    var = xp.maximum(sums[C:2 * C] / max(m, 1.0) - mean * mean, 0.0)
+    return mean.astype(x.dtype), var.astype(x.dtype), m
+
+
 def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1,
                        eps=1e-5):
     """``out = gamma * (x - mean) / sqrt(var + eps) + beta`` per channel.
@@ -46,14 +71,14 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, trai
     """
     op = "batch_norm_forward"
     _check_affine(x, op, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    ### BEGIN SOLUTION
     xp = get_xp(x)
-    shape, axes = _channel_shape(x), _reduce_axes(x)
+    shape = _channel_shape(x)
     if training:
         m = x.size // x.shape[1]
         if m < 2:
             raise ValueError(f"{op}: training needs more than one value per channel, got x of shape {tuple(x.shape)}")
-        mean = x.mean(axis=axes)
-        var = x.var(axis=axes)
+        mean, var, _ = batch_statistics(x)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mean
@@ -67,6 +92,7 @@ def batch_norm_forward(x, gamma, beta, running_mean=None, running_var=None, trai
     xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
     out = xhat * gamma.reshape(shape) + beta.reshape(shape)
     return out, (xhat, gamma, inv_std, training)
+    ### END SOLUTION
 
 
 def batch_norm_backward(dout, cache):
@@ -76,6 +102,7 @@ def batch_norm_backward(dout, cache):
     ``dx = inv_std / m * (m * dxhat - sum(dxhat) - xhat * sum(dxhat * xhat))`` with ``dxhat = dout * gamma``.
     Returns (dx, dgamma, dbeta).
     """
+    ### BEGIN SOLUTION
     xhat, gamma, inv_std, training = cache
     shape, axes = _channel_shape(dout), _reduce_axes(dout)
     dgamma = (dout * xhat).sum(axis=axes)
@@ -86,6 +113,75 @@ def batch_norm_backward(dout, cache):
     m = dout.size // dout.shape[1]
     dx = (m * dxhat - dxhat.sum(axis=axes).reshape(shape)
           - xhat * (dxhat * xhat).sum(axis=axes).reshape(shape)) * (inv_std / m).reshape(shape)
+    return dx, dgamma, dbeta
+    ### END SOLUTION
+
+
+class SyncBatchNormCache(NamedTuple):
+    xhat: object               # (n, C, ...) normalised input of this process
+    gamma: object              # (C,)
+    inv_std: object            # (C,) 1 / sqrt(var + eps) of the whole batch
+    m: float                   # values per channel in the whole batch (every process)
+    comm: object               # the communicator the two gradient sums are reduced over
+
+
+def sync_batch_norm_forward(x, gamma, beta, comm, running_mean=None, running_var=None, momentum=0.1, eps=1e-5):
+    """Training-mode batch norm of a batch split over processes: each holds its slice ``x`` of the batch,
+    and the statistics are those of the whole batch, as if one process held it (``SyncBatchNorm``).
+
+    Why it is needed: with plain BN each process would normalise by the mean and variance of its own
+    images, a different function of the data than one process on the whole batch (and noisier the fewer
+    images a process has), so N processes would not train the same model as one.
+
+    How: one ``comm.allreduce`` (a sum over the processes) of ``[sum x, sum x^2, m]`` per channel
+    (:func:`batch_statistics`, as :func:`batch_norm_forward` computes them in one process) gives the whole
+    batch's mean and biased variance. Running statistics are updated as :func:`batch_norm_forward` does,
+    with the whole batch's m, so they stay equal on every process.
+
+    Args:
+        x: this process's (n, C) or (n, C, H, W) slice. gamma, beta, running_mean, running_var: (C,).
+        comm: has ``allreduce(array) -> array`` summing over the processes (``engine/distributed.py``).
+    Returns:
+        out (x's shape), cache.
+    """
+    op = "sync_batch_norm_forward"
+    _check_affine(x, op, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    xp = get_xp(x)
+    shape = _channel_shape(x)
+    mean, var, m = batch_statistics(x, comm)
+    if m < 2:
+        raise ValueError(f"{op}: training needs more than one value per channel, got {m:g} over the processes")
+    if running_mean is not None:
+        running_mean *= 1 - momentum
+        running_mean += momentum * mean
+        running_var *= 1 - momentum
+        running_var += momentum * var * (m / (m - 1))
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    return out, SyncBatchNormCache(xhat, gamma, inv_std, m, comm)
+
+
+def sync_batch_norm_backward(dout, cache):
+    """Gradients of :func:`sync_batch_norm_forward` for this process's slice.
+
+    ``dx = inv_std * (dxhat - sum(dxhat) / m - xhat * sum(dxhat * xhat) / m)`` as in
+    :func:`batch_norm_backward`, but the two sums run over the *whole* batch (one ``comm.allreduce``), since
+    every value of the batch moved the mean and variance. ``dgamma`` and ``dbeta`` are this process's own
+    sums: the trainer sums every parameter's gradient over the processes afterwards. Returns (dx, dgamma, dbeta).
+    """
+    xhat, gamma, inv_std, m, comm = cache
+    xp = get_xp(dout)
+    shape, axes = _channel_shape(dout), _reduce_axes(dout)
+    C = dout.shape[1]
+    dgamma = (dout * xhat).sum(axis=axes)
+    dbeta = dout.sum(axis=axes)
+    # sum(dxhat) = gamma * dbeta and sum(dxhat * xhat) = gamma * dgamma, summed over the processes
+    total = comm.allreduce(xp.concatenate([dbeta, dgamma]).astype(np.float64))
+    sum_dxhat = (gamma * total[:C]).astype(dout.dtype)
+    sum_dxhat_xhat = (gamma * total[C:]).astype(dout.dtype)
+    dxhat = dout * gamma.reshape(shape)
+    dx = (dxhat - sum_dxhat.reshape(shape) / m - xhat * (sum_dxhat_xhat.reshape(shape) / m)) * inv_std.reshape(shape)
     return dx, dgamma, dbeta
 
 
@@ -98,16 +194,20 @@ def frozen_batch_norm_forward(x, weight, bias, running_mean, running_var, eps=1e
     """
     _check_affine(x, "frozen_batch_norm_forward", weight=weight, bias=bias, running_mean=running_mean,
                   running_var=running_var)
+    ### BEGIN SOLUTION
     xp = get_xp(x)
     shape = _channel_shape(x)
     scale = weight * (1.0 / xp.sqrt(running_var + eps))
     shift = bias - running_mean * scale
     return x * scale.reshape(shape) + shift.reshape(shape), scale.reshape(shape)
+    ### END SOLUTION
 
 
 def frozen_batch_norm_backward(dout, cache):
     """``dx = dout * scale``."""
+    ### BEGIN SOLUTION
     return dout * cache
+    ### END SOLUTION
 
 
 def group_norm_forward(x, gamma, beta, num_groups, eps=1e-5):
@@ -177,6 +277,51 @@ class BatchNorm2d(Module):
 
     def extra_repr(self):
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class SyncBatchNorm(BatchNorm2d):
+    """:class:`BatchNorm2d` whose training-mode statistics are those of the whole batch, split over the
+    processes of ``comm`` (:func:`sync_batch_norm_forward`); eval mode is BatchNorm2d's. Same parameters,
+    buffers and state_dict names, so :func:`convert_sync_batchnorm` swaps it in for a trained BatchNorm2d."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype="float32", comm=None):
+        super().__init__(num_features, eps, momentum, dtype)
+        self.comm = comm
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        if self.comm is None:
+            raise RuntimeError("SyncBatchNorm: no communicator (give comm=, or use BatchNorm2d in one process)")
+        out, cache = sync_batch_norm_forward(x, self.weight.data, self.bias.data, self.comm, self.running_mean,
+                                             self.running_var, self.momentum, self.eps)
+        self.num_batches_tracked = self.num_batches_tracked + 1
+        self.save_for_backward(cache)
+        return out
+
+    def backward(self, dout):
+        cache = self.saved()
+        # eval mode saved batch_norm_forward's cache (running statistics: nothing to synchronise)
+        backward = sync_batch_norm_backward if isinstance(cache, SyncBatchNormCache) else batch_norm_backward
+        dx, dg, db = backward(dout, cache)
+        self.weight.accumulate(dg)
+        self.bias.accumulate(db)
+        return dx
+
+
+def convert_sync_batchnorm(module: Module, comm) -> Module:
+    """Replace every :class:`BatchNorm2d` inside ``module`` by a :class:`SyncBatchNorm` over ``comm`` that holds
+    the same arrays (PyTorch's ``SyncBatchNorm.convert_sync_batchnorm``). Returns ``module``."""
+    for _, parent in list(module.named_modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is BatchNorm2d:
+                sync = SyncBatchNorm(child.weight.shape[0], child.eps, child.momentum, comm=comm)
+                sync.weight, sync.bias = child.weight, child.bias
+                for b in ("running_mean", "running_var", "num_batches_tracked"):
+                    setattr(sync, b, getattr(child, b))
+                sync.train(child.training)
+                setattr(parent, name, sync)
+    return module
 
 
 class FrozenBatchNorm2d(Module):

@@ -32,6 +32,8 @@ class SGD:
                 # missing one means the backward never reached the parameter: a bug, not a zero
                 raise RuntimeError(f"SGD.step: parameter {name!r} has no gradient: the backward pass did not "
                                    "reach it (freeze it with requires_grad=False if that is intended)")
+        ### BEGIN SOLUTION
+        for name, p in self.params:
             g = p.grad
             if self.weight_decay:
                 g = g + self.weight_decay * p.data
@@ -45,6 +47,7 @@ class SGD:
                 self.velocity[name] = v
                 g = v
             p.data -= self.lr * g
+        ### END SOLUTION
 
     def zero_grad(self) -> None:
         for _, p in self.params:
@@ -86,9 +89,11 @@ class WarmupMultiStepLR:
         self.warmup_factor = warmup_factor
 
     def __call__(self, it: int) -> float:
+        ### BEGIN SOLUTION
         factor = 1.0
         if it < self.warmup_iters:
             alpha = it / self.warmup_iters
             factor = self.warmup_factor * (1 - alpha) + alpha
         drops = sum(1 for s in self.steps if it >= s)
         return self.base_lr * factor * self.gamma ** drops
+        ### END SOLUTION

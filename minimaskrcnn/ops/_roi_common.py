@@ -143,6 +143,21 @@ def chunks_by_size(sizes, bytes_per_unit: int, budget: int = CHUNK_BYTES):
         start += n
 
 
+def device_chunks(sizes, bytes_per_unit: int, *extents):
+    """:func:`chunks_by_size` for a loop over device arrays: yields ``(ks, maxima)``, the chunk's indices as an
+    array of ``sizes``' kind and the chunk's maximum of each of ``extents`` (arrays shaped like ``sizes``) as
+    ints. Sizes and extents are read back together once and all indices copied over once: per chunk, each
+    read-back would wait for the GPU."""
+    xp = get_xp(sizes)
+    host = to_numpy(xp.stack([sizes, *extents]))
+    chunks = list(chunks_by_size(host[0], bytes_per_unit))
+    indices = xp.asarray(np.concatenate(chunks)) if chunks else None
+    start = 0
+    for chunk in chunks:
+        yield indices[start:start + len(chunk)], [int(e[chunk].max()) for e in host[1:]]
+        start += len(chunk)
+
+
 def bins_to_kchw(rows, PH: int, PW: int):
     """``(k*PH*PW, C)`` rows, one per bin, -> ``(k, C, PH, PW)``: the operators' output layout (a view)."""
     return rows.reshape(-1, PH, PW, rows.shape[-1]).transpose(0, 3, 1, 2)
@@ -186,10 +201,10 @@ def sparse_rows_matmul(rows, cols, vals, dense):
     counts = xp.bincount(rows)
     starts = xp.cumsum(counts) - counts
     used = xp.flatnonzero(counts)
-    for chunk in chunks_by_size(to_numpy(counts[used]), dense.shape[1] * dense.itemsize):
-        r = used[xp.asarray(chunk)]
+    for chunk, (longest,) in device_chunks(counts[used], dense.shape[1] * dense.itemsize, counts[used]):
+        r = used[chunk]
         n = counts[r]
-        slots = xp.arange(int(n.max()))
+        slots = xp.arange(longest)
         valid = slots < n[:, None]                                        # (rows, slots)
         entry = xp.where(valid, starts[r][:, None] + slots, 0)
         w = xp.where(valid, vals[entry], 0)[:, None, :]                   # (rows, 1, slots)

@@ -67,6 +67,7 @@ class AnchorGenerator:
 
         Float32 on purpose: the rounding of ``w / 2`` must land where torchvision's float32 does.
         """
+        ### BEGIN SOLUTION
         scales = np.asarray(scales, dtype=np.float32)
         aspect_ratios = np.asarray(aspect_ratios, dtype=np.float32)
         h_ratios = np.sqrt(aspect_ratios)
@@ -74,6 +75,7 @@ class AnchorGenerator:
         ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
         hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
         return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
+        ### END SOLUTION
 
     def num_anchors_per_location(self):
         """Number of anchors at each location, per level (3 for the paper's FPN setting)."""
@@ -103,6 +105,7 @@ class AnchorGenerator:
             if not (0 < grid_h <= image_h and 0 < grid_w <= image_w):
                 raise ValueError(f"feature_sizes entry {(grid_h, grid_w)} must be positive and no larger "
                                  f"than image_size {(image_h, image_w)}")
+            ### BEGIN SOLUTION
             stride_h, stride_w = image_h // grid_h, image_w // grid_w
             # Anchor centres, row-major: location (i, j) -> image point (j * stride_w, i * stride_h), the
             # top-left corner of its cell (torchvision's choice; no half-stride offset).
@@ -110,6 +113,7 @@ class AnchorGenerator:
                                            indexing="ij")
             shifts = np.stack([shift_x.ravel(), shift_y.ravel()] * 2, axis=1)  # (H_l * W_l, 4)
             level = (shifts[:, None, :] + base[None, :, :]).reshape(-1, 4)  # (H_l * W_l * A_l, 4)
+            ### END SOLUTION
             anchors.append(xp.asarray(level.astype(dtype)))
         return anchors
 

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 
 
 def check_boxes(boxes, name: str = "boxes", ordered: bool = True) -> None:
@@ -34,7 +34,13 @@ def check_boxes(boxes, name: str = "boxes", ordered: bool = True) -> None:
     if boxes.shape[0] == 0:
         return
     xp = get_xp(boxes)
-    if np.issubdtype(boxes.dtype, np.floating) and bool(xp.isnan(boxes).any()):
+    floating = np.issubdtype(boxes.dtype, np.floating)
+    flags = [xp.isnan(boxes).any()] if floating else []
+    if ordered:
+        flags.append(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any())
+    if not flags or not bool(xp.stack(flags).any()):      # one read-back for both checks (a wait on a GPU)
+        return
+    if floating and bool(xp.isnan(boxes).any()):
         raise ValueError(f"{name} contains NaN coordinates (shape {tuple(boxes.shape)})")
     if ordered and bool(((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any()):
         bad = int(xp.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))[0])
@@ -150,6 +156,7 @@ class BoxCoder:
         reference_boxes = reference_boxes.astype(dtype, copy=False)
         proposals = proposals.astype(dtype, copy=False)
 
+        ### BEGIN SOLUTION
         ex_widths = proposals[:, 2] - proposals[:, 0]
         ex_heights = proposals[:, 3] - proposals[:, 1]
         ex_ctr_x = proposals[:, 0] + 0.5 * ex_widths
@@ -165,6 +172,7 @@ class BoxCoder:
         dw = ww * xp.log(gt_widths / ex_widths)
         dh = wh * xp.log(gt_heights / ex_heights)
         return xp.stack((dx, dy, dw, dh), axis=1)
+        ### END SOLUTION
 
     def decode(self, rel_codes, boxes):
         """Apply predicted deltas to reference boxes (the inverse of :meth:`encode`).
@@ -189,6 +197,7 @@ class BoxCoder:
         xp = get_xp(rel_codes, boxes)
         boxes = boxes.astype(rel_codes.dtype, copy=False)
 
+        ### BEGIN SOLUTION
         widths = boxes[:, 2] - boxes[:, 0]
         heights = boxes[:, 3] - boxes[:, 1]
         ctr_x = boxes[:, 0] + 0.5 * widths
@@ -208,6 +217,7 @@ class BoxCoder:
         out = xp.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h),
                        axis=2)  # (K, C, 4)
         return out.reshape(rel_codes.shape)
+        ### END SOLUTION
 
 
 def clip_boxes_to_image(boxes, size):
@@ -238,8 +248,8 @@ def nms(boxes, scores, iou_threshold: float, max_keep: int | None = None):
     """Greedy non-maximum suppression.
 
     Visit the boxes by decreasing score; keep a box unless a box kept before it overlaps it with
-    IoU ``> iou_threshold``. The Python loop runs once per *kept* box; the IoU of that box against all
-    remaining candidates is one vectorised step.
+    IoU ``> iou_threshold``. Computed a block of boxes at a time (:func:`_greedy_walk`): one IoU matrix
+    against the boxes kept so far, one inside the block, and a few matrix-vector products to settle it.
 
     Args:
         boxes: (N, 4) boxes with x1 <= x2, y1 <= y2.
@@ -281,26 +291,78 @@ def _check_iou_threshold(iou_threshold) -> None:
 def _greedy_nms(boxes, scores, iou_threshold, max_keep):
     """:func:`nms` on arguments already checked."""
     xp = get_xp(boxes, scores)
-    if boxes.shape[0] == 0:
+    if boxes.shape[0] == 0 or (max_keep is not None and max_keep <= 0):
         return xp.zeros((0,), dtype=xp.int64)
     order = xp.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = (boxes[order, k] for k in range(4))  # coordinates in visiting order
     areas = (x2 - x1) * (y2 - y1)
-    keep = []
-    rest = xp.arange(order.shape[0])  # positions (in visiting order) still in the running
-    while rest.shape[0] > 0 and (max_keep is None or len(keep) < max_keep):
-        i, rest = rest[0], rest[1:]
-        keep.append(i)
-        w = xp.maximum(xp.minimum(x2[i], x2[rest]) - xp.maximum(x1[i], x1[rest]), 0)
-        h = xp.maximum(xp.minimum(y2[i], y2[rest]) - xp.maximum(y1[i], y1[rest]), 0)
-        inter = w * h
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = inter / (areas[i] + areas[rest] - inter)
-        # "not (iou > t)" rather than "iou <= t": a NaN IoU does not suppress, as in the C++ kernel.
-        rest = rest[~(iou.astype(xp.float64) > iou_threshold)]
-    if not keep:
-        return xp.zeros((0,), dtype=xp.int64)
-    return order[xp.stack(keep)].astype(xp.int64)
+    if xp is not np:
+        return order[xp.asarray(_greedy_nms_on_host(x1, y1, x2, y2, areas, iou_threshold, max_keep))]
+
+    def over(rows, cols):
+        return _iou_over(x1, y1, x2, y2, areas, rows, cols, iou_threshold)
+    return order[_greedy_walk(over, order.shape[0], max_keep)]
+
+
+def _iou_over(x1, y1, x2, y2, areas, rows, cols, iou_threshold):
+    """``IoU > iou_threshold`` for every pair of the boxes at positions ``rows`` against ``cols``: (R, C) bool.
+
+    The float operations of torchvision's kernel, in its order (so the same pairs pass the threshold);
+    the IoU is compared in float64, and a NaN IoU (two empty boxes) does not suppress."""
+    xp = get_xp(x1)
+    w = xp.maximum(xp.minimum(x2[rows, None], x2[None, cols]) - xp.maximum(x1[rows, None], x1[None, cols]), 0)
+    h = xp.maximum(xp.minimum(y2[rows, None], y2[None, cols]) - xp.maximum(y1[rows, None], y1[None, cols]), 0)
+    inter = w * h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (areas[rows, None] + areas[None, cols] - inter)
+    return iou.astype(xp.float64) > iou_threshold
+
+
+def _greedy_walk(over, n, max_keep, block=128):
+    """Greedy NMS's kept positions (int64, increasing) among ``n`` boxes in visiting order, a block at a time.
+
+    ``over(rows, cols)`` gives the (R, C) "IoU > threshold" matrix of positions ``rows`` against ``cols``
+    (index arrays). For each block of ``block`` consecutive positions: drop those that a box kept in an
+    earlier block overlaps (one matrix), then settle the block itself. Inside it, box ``i`` is kept iff no
+    kept ``j < i`` of the block overlaps it; with ``U`` the block's strictly upper-triangular overlap matrix
+    that is the fixed point of ``alive = not (alive @ U)``, iterated from "all alive". After ``t`` rounds the
+    first ``t`` boxes are settled (each depends only on earlier ones), so it stops within ``block`` rounds,
+    and in practice after 2-4 (only chains of suppressions take longer). Exactly the box-by-box greedy
+    result, without a Python step per box.
+    """
+    kept = np.zeros(0, dtype=np.int64)
+    for start in range(0, n, block):
+        cand = np.arange(start, min(n, start + block))
+        if kept.size:
+            cand = cand[~over(kept, cand).any(axis=0)]
+        if cand.size == 0:
+            continue
+        upper = np.triu(over(cand, cand), 1).astype(np.float32)  # counts of suppressors: exact in float32
+        alive = np.ones(cand.size, dtype=np.float32)
+        while True:
+            settled = ((alive @ upper) == 0).astype(np.float32)
+            if np.array_equal(settled, alive):
+                break
+            alive = settled
+        kept = np.concatenate([kept, cand[alive > 0]])
+        if max_keep is not None and kept.size >= max_keep:
+            return kept[:max_keep]
+    return kept
+
+
+def _greedy_nms_on_host(x1, y1, x2, y2, areas, iou_threshold, max_keep, block_bytes=1 << 26):
+    """The positions (int64, in visiting order) that greedy NMS keeps, for device arrays: walking box by box
+    on the device would read a mask back once per kept box. Here every pair's "IoU > threshold" is computed
+    on the device (:func:`_iou_over`, rows in blocks of ~``block_bytes``), packed to bits, read back once, and
+    :func:`_greedy_walk` runs on the host over that matrix (torchvision's CUDA NMS also walks on the host)."""
+    xp = get_xp(x1)
+    n = x1.shape[0]
+    rows = max(1, block_bytes // (8 * n))
+    everything = xp.arange(n)
+    over = [_iou_over(x1, y1, x2, y2, areas, everything[s:s + rows], everything, iou_threshold)
+            for s in range(0, n, rows)]
+    over = np.unpackbits(to_numpy(xp.packbits(xp.concatenate(over))), count=n * n).reshape(n, n).astype(bool)
+    return _greedy_walk(lambda r, c: over[np.ix_(r, c)], n, max_keep)
 
 
 def batched_nms(boxes, scores, idxs, iou_threshold: float, max_keep: int | None = None):

@@ -244,6 +244,7 @@ def _point_reads(cache: RoIAlignCache):
     the neighbouring cell ``(n*H + row)*W + col`` and its bilinear weight, both (K, PH, PW, Gy, Gx, 2, 2);
     which points are real (K, 1, 1, Gy, Gx) (the tables pad every RoI to the largest grid); the points per
     bin ``count`` (K,) and along x ``grid_x`` (K,), by which the kernel numbers a point ``iy * grid_x + ix``."""
+    ### BEGIN SOLUTION
     xp = get_xp(cache.rois)
     N, C, H, W = cache.features_shape
     y, x, count = _geometry_of(cache)            # y.idx, y.w: (K, PH, Gy, 2); x.idx, x.w: (K, PW, Gx, 2)
@@ -256,11 +257,13 @@ def _point_reads(cache: RoIAlignCache):
     real = (xp.arange(Gy)[None, :, None] < y.grid[:, None, None]) & \
            (xp.arange(Gx)[None, None, :] < x.grid[:, None, None])
     return cell, weight, real[:, None, None], count, x.grid
+    ### END SOLUTION
 
 
 def _simple_forward(features, cache: RoIAlignCache):
     """``(out, argmax)``: every point's value from its four neighbours, then the mean (or the first max)
     over each bin's points. ``argmax`` (max mode only) numbers the winner ``iy * grid_x + ix``."""
+    ### BEGIN SOLUTION
     xp = get_xp(features)
     N, C, H, W = features.shape
     cell, weight, real, count, grid_x = _point_reads(cache)
@@ -279,11 +282,13 @@ def _simple_forward(features, cache: RoIAlignCache):
     argmax = xp.where(has_points, (best // Gx) * grid_x[:, None, None, None] + best % Gx, -1)
     return (xp.ascontiguousarray(xp.where(has_points, out, 0).transpose(0, 3, 1, 2)),
             xp.ascontiguousarray(argmax.transpose(0, 3, 1, 2)).astype(np.int32))
+    ### END SOLUTION
 
 
 def _simple_backward(dout, cache: RoIAlignCache):
     """Every (RoI, bin, point, neighbour) sends ``dout * weight`` (divided by the points per bin for
     ``avg``; only the winning point's for ``max``) back to its cell: one scatter-add."""
+    ### BEGIN SOLUTION
     xp = get_xp(dout)
     N, C, H, W = cache.features_shape
     dF = xp.zeros((N * H * W, C), dtype=dout.dtype)                         # channels-last, like the gather
@@ -302,6 +307,7 @@ def _simple_backward(dout, cache: RoIAlignCache):
             grads = d * weight[..., None] * mask[:, :, :, :, :, None, None, :]
         scatter_add(dF, cell.reshape(-1), grads.reshape(-1, C))
     return dF.reshape(N, H, W, C).transpose(0, 3, 1, 2).copy()
+    ### END SOLUTION
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -22,14 +22,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp, scatter_add, to_numpy
+from ..backend import get_xp, scatter_add
 from ._roi_common import (
     bins_to_kchw,
     channels_last,
     check_int32_sizes,
     check_dout,
     check_roi_inputs,
-    chunks_by_size,
+    device_chunks,
     max_and_argmax,
     output_size_pair,
     round_half_away_from_zero,
@@ -83,6 +83,7 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     check_dout(dout, cache, "roi_pool_backward")
     if cache.impl == "kernel":
         return _kernel_backward(dout, cache)
+    ### BEGIN SOLUTION
     N, C, H, W = cache.features_shape
     xp = get_xp(dout)
     K = cache.rois.shape[0]
@@ -93,6 +94,7 @@ def roi_pool_backward(dout, cache: RoIPoolCache):
     if K:
         scatter_add(dF, (plane + cache.argmax)[won], dout[won])
     return dF.reshape(N, C, H, W)
+    ### END SOLUTION
 
 
 def roi_pool_cells(roi, output_size, spatial_scale, height: int, width: int):
@@ -112,6 +114,7 @@ def roi_pool_cells(roi, output_size, spatial_scale, height: int, width: int):
 
 def _bins(rois, spatial_scale, output_size, height, width):
     """Each bin's cell range, after both roundings: hstart, hend (K, PH); wstart, wend (K, PW)."""
+    ### BEGIN SOLUTION
     xp = get_xp(rois)
     dtype = rois.dtype.type
     corners = round_half_away_from_zero(rois[:, 1:] * dtype(spatial_scale)).astype(np.int64)
@@ -119,18 +122,30 @@ def _bins(rois, spatial_scale, output_size, height, width):
     y = _bin_edges(corners[:, 1], corners[:, 3], PH, height, dtype, xp)
     x = _bin_edges(corners[:, 0], corners[:, 2], PW, width, dtype, xp)
     return y, x
+    ### END SOLUTION
 
 
 def _bin_edges(start, end, n_bins, size, dtype, xp):
+    """Rounding 2 along one axis: bin ``p`` of RoIs covering cells ``start .. end`` (inclusive, (K,) ints)
+    spans ``[lo, hi)`` with ``lo = start + floor(p * bin)``, ``hi = start + ceil((p + 1) * bin)``, clipped to
+    ``[0, size]``; ``bin = max(end - start + 1, 1) / n_bins`` in ``dtype``. Returns ``lo, hi`` (K, n_bins)."""
+    ### BEGIN SOLUTION
     length = xp.maximum(end - start + 1, 1).astype(dtype)                 # whole cells, at least 1
     bin_size = (length / dtype(n_bins))[:, None]
     p = xp.arange(n_bins, dtype=dtype)[None, :]
     lo = xp.floor(p * bin_size).astype(np.int64) + start[:, None]
     hi = xp.ceil((p + 1) * bin_size).astype(np.int64) + start[:, None]
     return xp.clip(lo, 0, size), xp.clip(hi, 0, size)
+    ### END SOLUTION
 
 
 def _numpy_forward(features, rois, output_size, spatial_scale):
+    """RoIPool in NumPy (``impl="numpy"`` and ``"simple"``): ``(out, argmax)``, both (K, C, PH, PW).
+
+    ``out[k, c, ph, pw]`` is the max of ``features[b_k, c]`` over the cells of bin ``(ph, pw)`` (see
+    :func:`_bins`), 0 for an empty bin; ``argmax`` (int32) is the winning cell ``h * W + w`` within its
+    channel plane (the first one in row-major order on a tie), -1 for an empty bin."""
+    ### BEGIN SOLUTION
     xp = get_xp(features)
     N, C, H, W = features.shape
     K, (PH, PW) = rois.shape[0], output_size
@@ -140,10 +155,8 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
     argmax = xp.full((K, C, PH, PW), -1, dtype=np.int32)
     batch = rois[:, 0].astype(np.int64)
     cells = PH * PW * xp.maximum((h1 - h0).max(axis=1), 1) * xp.maximum((w1 - w0).max(axis=1), 1)
-    for ks in chunks_by_size(to_numpy(cells), C * features.itemsize):
-        ks = xp.asarray(ks)
-        Lh = max(int((h1[ks] - h0[ks]).max()), 1)
-        Lw = max(int((w1[ks] - w0[ks]).max()), 1)
+    for ks, (Lh, Lw) in device_chunks(cells, C * features.itemsize, (h1 - h0).max(axis=1), (w1 - w0).max(axis=1)):
+        Lh, Lw = max(Lh, 1), max(Lw, 1)
         # A bin's rows/columns, padded by repeating its last one: a repeat never changes the max, and
         # comes after the cell it copies, so the first maximal cell in row-major order still wins.
         rows = xp.clip(xp.minimum(h0[ks, :, None] + xp.arange(Lh), h1[ks, :, None] - 1), 0, H - 1)
@@ -155,6 +168,7 @@ def _numpy_forward(features, rois, output_size, spatial_scale):
         out[ks] = bins_to_kchw(xp.where(empty, 0, best), PH, PW)
         argmax[ks] = bins_to_kchw(xp.where(empty, -1, xp.take_along_axis(cell, first, axis=1)), PH, PW)
     return out, argmax
+    ### END SOLUTION
 
 
 def _kernel_forward(features, rois, output_size, spatial_scale):

@@ -86,3 +86,10 @@ inline T atomicExch(T* address, T value) {
   *address = value;
   return old;
 }
+
+// Classroom releases (minimaskrcnn/classroom) replace a kernel's solution by NOT_IMPLEMENTED("A7: ...");
+// the emulator records the message here and raises Python's NotImplementedError after the launch.
+extern "C" {
+const char* minimaskrcnn_not_implemented = 0;
+}
+#define NOT_IMPLEMENTED(msg) (minimaskrcnn_not_implemented = (msg))

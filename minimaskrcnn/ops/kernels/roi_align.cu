@@ -175,6 +175,7 @@ __device__ void roi_align_backward(const int nthreads, const T* dout, const T* r
                                     sampling_ratio, aligned, quantize);
     T* plane = dfeatures + (g.batch * channels + c) * height * width;
 
+    // ### BEGIN SOLUTION
     // The points to visit: all of them (avg), or just the argmax (max).
     int first = 0;
     int last = g.grid_h * g.grid_w;  // exclusive
@@ -200,6 +201,7 @@ __device__ void roi_align_backward(const int nthreads, const T* dout, const T* r
         atomicAdd(plane + y1 * width + x1, grad * w4 / divisor);
       }
     }
+    // ### END SOLUTION
   }
 }
 

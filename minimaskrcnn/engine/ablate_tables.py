@@ -1,0 +1,96 @@
+"""The paper's ablations as data: each table's variants (a named config and the fields it changes), the paper's
+numbers beside them, and the comparisons that make its point. ``python -m minimaskrcnn ablate`` trains them
+(:mod:`minimaskrcnn.engine.ablate`).
+
+Numbers are the paper's (He et al. 2017, Tables 2 and 3, COCO minival / test-dev, in %), in the order
+AP, AP50, AP75; None where the paper gives none. Our models are the CPU-sized cousins of the paper's:
+
+=========  ==============================  ==================================  ===========================
+table      the paper's model               ours                                what changes
+=========  ==============================  ==================================  ===========================
+2b         ResNet-50-C4                    ``tiny_c4`` (stride 16, res5 head)  softmax vs sigmoid masks
+2c         ResNet-50-C4 (stride 16)        ``tiny_c4``                         RoIPool / RoIWarp / RoIAlign
+2d         ResNet-50-C5 (stride 32)        ``tiny_c5`` (C5 + FPN's heads)      RoIPool vs RoIAlign
+2e         ResNet-50-FPN                   ``tiny`` (FPN)                      MLP vs FCN mask head
+agnostic   ResNet-50-C4 (§4.2 text)        ``tiny_c4``                         class-specific vs agnostic
+3          ResNet-101-FPN (test-dev)       ``tiny`` (FPN)                      Faster R-CNN vs Mask R-CNN
+=========  ==============================  ==================================  ===========================
+
+Variants whose configs are equal are the same runs: 2c's "RoIAlign avg", 2b's "sigmoid" and "class-specific"
+are one model (as in the paper, whose Table 2b, 2c and §4.2 all report 30.3 for it), and so are 2e's "FCN"
+and Table 3's "Mask R-CNN". Every variant of a table gets the same data, schedule and seeds: nothing is tuned
+for one variant.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Variant(NamedTuple):
+    name: str                 # as the paper's table names it
+    overrides: dict           # fields changed from the table's config (the paper's default: {})
+    paper: dict               # {'segm' | 'bbox': (AP, AP50, AP75)} in %, from the paper
+
+
+class Table(NamedTuple):
+    key: str
+    title: str
+    config: str               # a name of minimaskrcnn.config.CONFIGS
+    metrics: tuple            # COCOeval iou types shown: 'segm' (mask AP) and/or 'bbox' (box AP)
+    variants: tuple
+    comparisons: tuple        # (better, worse): the paper's claim that `better` beats `worse`
+    seeds: int                # default number of seeds (the issue: >= 2, 3 for 2c and 2d)
+    paper_note: str
+
+
+def _v(name, overrides=None, segm=None, bbox=None):
+    paper = {k: v for k, v in (("segm", segm), ("bbox", bbox)) if v is not None}
+    return Variant(name, dict(overrides or {}), paper)
+
+
+TABLES = {
+    "2d": Table("2d", "Table 2d: RoIPool vs RoIAlign at stride 32 (C5 features)", "tiny_c5", ("segm", "bbox"), (
+        _v("RoIPool", {"roi_op": "pool"}, segm=(23.6, 46.5, 21.6), bbox=(28.2, 52.7, 26.9)),
+        _v("RoIAlign", {}, segm=(30.9, 51.8, 32.1), bbox=(34.0, 55.3, 36.4)),
+    ), (("RoIAlign", "RoIPool"),), 3, "ResNet-50-C5, COCO minival: +7.3 mask AP, +10.5 AP75, +5.8 box AP"),
+    "2c": Table("2c", "Table 2c: RoI layers at stride 16 (C4 features)", "tiny_c4", ("segm",), (
+        _v("RoIPool (max)", {"roi_op": "pool"}, segm=(26.9, 48.8, 26.4)),
+        _v("RoIWarp (max)", {"roi_op": "warp", "roi_mode": "max"}, segm=(27.2, 49.2, 27.1)),
+        _v("RoIWarp (avg)", {"roi_op": "warp"}, segm=(27.1, 48.9, 27.1)),
+        _v("RoIAlign (max)", {"roi_mode": "max"}, segm=(30.2, 51.0, 31.8)),
+        _v("RoIAlign (avg)", {}, segm=(30.3, 51.2, 31.5)),
+    ), (("RoIAlign (avg)", "RoIPool (max)"), ("RoIAlign (max)", "RoIPool (max)"), ("RoIAlign (avg)", "RoIWarp (avg)")),
+        3, "ResNet-50-C4, COCO minival: RoIAlign +3.4 AP, +5.1 AP75 over RoIPool; RoIWarp on par with RoIPool"),
+    "2b": Table("2b", "Table 2b: multinomial (softmax) vs independent (sigmoid) masks", "tiny_c4", ("segm",), (
+        _v("softmax", {"mask_loss": "softmax"}, segm=(24.8, 44.1, 25.1)),
+        _v("sigmoid", {}, segm=(30.3, 51.2, 31.5)),
+    ), (("sigmoid", "softmax"),), 2, "ResNet-50-C4, COCO minival: +5.5 AP"),
+    "agnostic": Table("agnostic", "§4.2: class-specific vs class-agnostic masks", "tiny_c4", ("segm",), (
+        _v("class-agnostic", {"class_agnostic_masks": True}, segm=(29.7, None, None)),
+        _v("class-specific", {}, segm=(30.3, 51.2, 31.5)),
+    ), (("class-specific", "class-agnostic"),), 2, "ResNet-50-C4, COCO minival (text): 30.3 vs 29.7 AP"),
+    "2e": Table("2e", "Table 2e: MLP vs FCN mask head", "tiny", ("segm",), (
+        _v("MLP", {"mask_head": "mlp"}, segm=(31.5, 53.7, 32.8)),
+        _v("FCN", {}, segm=(33.6, 55.2, 35.3)),
+    ), (("FCN", "MLP"),), 2, "ResNet-50-FPN, COCO minival: +2.1 AP (MLP fc 1024 -> 1024 -> 80 x 28^2)"),
+    "3": Table("3", "Table 3: box AP without and with the mask branch (multi-task training)", "tiny", ("bbox",), (
+        _v("Faster R-CNN, RoIAlign", {"mask_on": False}, bbox=(37.3, 59.6, 40.3)),
+        _v("Mask R-CNN", {}, bbox=(38.2, 60.3, 41.7)),
+    ), (("Mask R-CNN", "Faster R-CNN, RoIAlign"),), 2, "ResNet-101-FPN, COCO test-dev: +0.9 box AP"),
+}
+TABLE_ORDER = ("2d", "2c", "2b", "agnostic", "2e", "3")     # 'all': the headline (stride 32) first
+
+# Iterations of every run of a table (the same for all its variants), chosen so that `--table all` fits the
+# 2-hour budget on 2 quiet cores with --jobs 2 (the estimate is in results/ablations/README.md and the
+# report of `ablate --estimate`). The learning-rate schedule follows: warm-up min(100, iters / 10), x0.1 at 80%.
+ITERS = {"2d": 1200, "2c": 600, "2b": 600, "agnostic": 600, "2e": 600, "3": 600}
+IMAGE_SIZE = 192               # the hard shapes set's images (see minimaskrcnn/data/shapes_hard.py)
+# The built-in data: the hard shapes set (8 occluding classes); its size is part of the budget too.
+DATA = dict(kind="hard", num_train=1000, num_val=100, seed=0)
+
+
+def variant(table: str, name: str) -> Variant:
+    for v in TABLES[table].variants:
+        if v.name == name:
+            return v
+    raise KeyError(f"table {table} has no variant {name!r}")

@@ -1,0 +1,202 @@
+"""Issue 11: the ablations' switches (C5 at stride 32, mask_on=False), the hard shapes set, the statistics, and
+`python -m minimaskrcnn ablate` itself (a smoke run: a few iterations, one variant per table, 64 px images)."""
+import json
+
+import numpy as np
+import pytest
+from test_model import tiny_float64_model
+
+from minimaskrcnn import config as configs
+from minimaskrcnn.cli import main
+from minimaskrcnn.data import shapes
+from minimaskrcnn.data.shapes_hard import HARD_NAMES, draw_hard_image, hard_shape_area, hard_shape_mask
+from minimaskrcnn.engine import ablate as ab
+from minimaskrcnn.engine.ablate_report import summarise
+from minimaskrcnn.engine.ablate_tables import TABLE_ORDER, TABLES
+from minimaskrcnn.model import build_model
+from minimaskrcnn.nn.gradcheck import check_directional
+from minimaskrcnn.testing import fixed_proposals, fixed_sample_losses
+from minimaskrcnn.testing import synthetic_scene as scene
+
+
+# ---- the switches -----------------------------------------------------------------------------------------------
+def _whole_model_check(model):
+    rng = np.random.default_rng(3)
+    images, targets = (list(t) for t in zip(*[scene(rng, 2), scene(rng, 3)]))
+    proposals = fixed_proposals(model, images, targets)
+    losses = fixed_sample_losses(model, images, targets, proposals, backward=True)
+    params = {n: p.data for n, p in model.named_parameters()}
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    err = check_directional(lambda: sum(fixed_sample_losses(model, images, targets, proposals).values()), params,
+                            grads)
+    assert err < 1e-7, f"directional relative error {err:.2e}"
+    return losses
+
+
+def test_c5_model_pools_one_stride32_map_and_its_gradient_is_exact():
+    model = tiny_float64_model(architecture="c5", anchor_sizes=((16, 32),))
+    batch = np.zeros((1, 3, 64, 64))
+    features = model.backbone(batch)
+    model.backbone.free_cache()
+    assert len(features) == 1 and features[0].shape[-2:] == (2, 2)             # stride 32
+    assert model.roi_heads.featmap_levels == (0,)
+    names = [n for n, _ in model.named_parameters()]
+    assert any(n.startswith("backbone.body.layer4.") for n in names) and not any(".fpn." in n for n in names)
+    assert any(n.startswith("roi_heads.mask_head.") for n in names)             # FPN's FCN head, not res5
+    losses = _whole_model_check(model)
+    assert losses["loss_mask"] > 0
+
+
+def test_c5_builder_refuses_what_it_cannot_build():
+    with pytest.raises(ValueError, match="one tuple of sizes"):
+        build_model(configs.tiny(3, architecture="c5"))                         # five levels of anchors
+    with pytest.raises(ValueError, match="mask_head"):
+        build_model(configs.tiny_c5(3, mask_head="mlp"))
+    with pytest.raises(ValueError, match="architecture"):
+        configs.tiny(3, architecture="c6")
+
+
+@pytest.mark.parametrize("architecture", ["fpn", "c4", "c5"])
+def test_mask_on_false_is_faster_rcnn(architecture):
+    """Table 3's Faster R-CNN: no mask parameters, no loss_mask, no masks predicted, box AP only."""
+    from minimaskrcnn.engine.inference import model_iou_types
+
+    make = {"fpn": configs.tiny, "c4": configs.tiny_c4, "c5": configs.tiny_c5}[architecture]
+    model = build_model(make(3, mask_on=False, min_size=64, max_size=64))
+    assert not any("mask" in n for n, _ in model.named_parameters())
+    assert model_iou_types(model) == ("bbox",)
+    assert model_iou_types(build_model(make(3, min_size=64, max_size=64))) == ("bbox", "segm")
+    rng = np.random.default_rng(1)
+    images, targets = (list(t) for t in zip(*[scene(rng, 3), scene(rng, 2)]))
+    losses = model.train().forward_train(images, targets)
+    assert "loss_mask" not in losses and losses["loss_classifier"] > 0
+    model.zero_grad()
+    model.backward()
+    assert all(p.grad is not None for _, p in model.named_parameters())
+    assert all("masks" not in p for p in model.predict(images))
+
+
+def test_mask_on_false_gradient_float64():
+    _whole_model_check(tiny_float64_model(mask_on=False))
+
+
+# ---- the hard shapes set ----------------------------------------------------------------------------------------
+def test_hard_images_are_deterministic_and_classes_compete():
+    draws = [draw_hard_image(np.random.default_rng([0, 0, i])) for i in range(60)]
+    again = draw_hard_image(np.random.default_rng([0, 0, 7]))
+    assert all(np.array_equal(a, b) for a, b in zip(draws[7], again))
+    labels = np.concatenate([d[2] for d in draws])
+    assert set(labels.tolist()) == set(range(1, 9))
+    touching = total = 0
+    for image, masks, labs in draws:
+        assert image.shape == (192, 192, 3) and masks.shape[1:] == (192, 192)
+        assert masks.sum(axis=0).max() <= 1 and np.all(masks.sum(axis=(1, 2)) >= 16)     # visible parts
+        boxes = [(xs.min(), ys.min(), xs.max(), ys.max()) for ys, xs in (np.nonzero(m) for m in masks)]
+        for a in range(len(labs)):
+            total += 1
+            touching += any(labs[a] != labs[b] and max(boxes[a][0], boxes[b][0]) <= min(boxes[a][2], boxes[b][2])
+                            and max(boxes[a][1], boxes[b][1]) <= min(boxes[a][3], boxes[b][3])
+                            for b in range(len(labs)) if b != a)
+    assert touching / total > 0.6, "most objects should share their box with an object of another class"
+
+
+@pytest.mark.parametrize("name", HARD_NAMES)
+def test_hard_shape_area_matches_its_raster(name):
+    mask = hard_shape_mask(name, 200.3, 199.7, 150.0, 0.4, 0.5, 400)
+    assert abs(mask.sum() / hard_shape_area(name, 150.0, 0.5) - 1) < 0.02
+
+
+def test_demo_set_parameters_are_unchanged_and_hard_kind_is_recorded(tmp_path):
+    demo = shapes._params(2000, 200, 128, 0, 4, (10, 60), 0.5)
+    assert "kind" not in demo      # an existing demo set's shapes.json still matches: it is reused, not rebuilt
+    root = shapes.make_shapes_dataset(tmp_path / "h", num_train=3, num_val=2, image_size=64, object_size=(12, 30),
+                                      kind="hard", progress=False)
+    coco = json.loads((root / "annotations" / "instances_train.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == list(HARD_NAMES)
+    assert json.loads((root / "shapes.json").read_text())["kind"] == "hard"
+    assert shapes.is_complete_shapes_dataset(root, num_train=3, num_val=2, image_size=64, object_size=(12, 30),
+                                             kind="hard")
+    assert not shapes.is_complete_shapes_dataset(root, num_train=3, num_val=2, image_size=64, object_size=(12, 30))
+    with pytest.raises(ValueError, match="kind"):
+        shapes.make_shapes_dataset(tmp_path / "x", kind="harder", progress=False)
+
+
+# ---- planning and statistics ------------------------------------------------------------------------------------
+def test_plan_shares_equal_configs_and_gives_each_table_its_seeds():
+    names = ("__background__",) + HARD_NAMES
+    runs, layout = ab.plan_runs(TABLE_ORDER, names)
+    # 2c's three seeds include 2b's and §4.2's two: the same config, the same runs
+    assert layout["2c"]["RoIAlign (avg)"][:2] == layout["2b"]["sigmoid"] == layout["agnostic"]["class-specific"]
+    assert layout["2e"]["FCN"] == layout["3"]["Mask R-CNN"]
+    assert len(layout["2c"]["RoIPool (max)"]) == len(layout["2d"]["RoIPool"]) == 3
+    assert len(layout["2b"]["softmax"]) == len(layout["3"]["Mask R-CNN"]) == 2
+    assert len(runs) == 15 + 6 + 2 + 2 + 4 + 2
+    pool, align = (runs[layout["2d"][v][0]]["config"] for v in ("RoIPool", "RoIAlign"))
+    assert {k for k in pool if pool[k] != align[k]} == {"roi_op"}      # nothing else differs between variants
+    assert pool["architecture"] == "c5" and runs[layout["2c"]["RoIPool (max)"][0]]["config"]["architecture"] == "c4"
+
+
+def _fake_results(layout, table, values):
+    """results with mask AP = values[variant][seed] (the other numbers follow)."""
+    out = {}
+    for name, ids in layout[table].items():
+        for r, v in zip(ids, values[name]):
+            stats = {"AP": v, "AP50": v + 20, "AP75": v + 1, "APs": 0, "APm": 0}
+            out[r] = {"iterations": 5, "config": {"min_size": 64}, "segm": stats, "bbox": stats}
+    return out
+
+
+def test_a_gap_counts_only_beyond_the_seed_spread():
+    _, layout = ab.plan_runs(["2d"], ("bg", "a", "b"))
+    clear = summarise(["2d"], layout, _fake_results(layout, "2d", {"RoIPool": [10, 11, 12], "RoIAlign": [15, 16, 14]}))
+    gap = clear["2d"]["comparisons"][0]["gaps"]["segm AP"]
+    assert gap == {"ours": 4.0, "paper": 7.3, "spread": 2, "counts": True}
+    noisy = summarise(["2d"], layout, _fake_results(layout, "2d", {"RoIPool": [10, 14, 12], "RoIAlign": [15, 11, 13]}))
+    assert noisy["2d"]["comparisons"][0]["gaps"]["segm AP"]["counts"] is False
+    assert noisy["2d"]["variants"][0]["ours"]["segm"]["AP"] == {"seeds": [10, 14, 12], "mean": 12.0, "spread": 4}
+
+
+# ---- the command: a smoke run -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smoke_data(tmp_path_factory):
+    return shapes.make_shapes_dataset(tmp_path_factory.mktemp("abl") / "hard", num_train=6, num_val=3,
+                                      image_size=64, object_size=(14, 30), kind="hard", progress=False)
+
+
+def test_ablate_smoke_one_variant_per_table_then_resume(smoke_data, tmp_path, capsys):
+    out = tmp_path / "abl"
+    argv = ["ablate", "--table", "2d", "--data", str(smoke_data), "--image-size", "64", "--iters", "2",
+            "--seeds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "ablations.json").read_text())
+    assert set(record["tables"]) == {"2d"} and len(record["runs"]) == 2
+    run = next(iter(record["runs"].values()))
+    assert {"variant", "seed", "config", "iterations", "wall_time_s", "bbox", "segm"} <= set(run)
+    assert run["iterations"] == 2 and set(run["segm"]) == {"AP", "AP50", "AP75", "APs", "APm"}
+    assert "RoIAlign − RoIPool" in (out / "ablations.md").read_text() and (out / "ablation_2d.png").stat().st_size
+    assert set(json.loads((out / "examples.json").read_text())) == set(record["runs"])
+    # run again: nothing is trained; a run interrupted after its checkpoint resumes from it
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/last.npz")}
+    assert main(argv) == 0
+    assert "2 of 2 runs already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/last.npz")} == stamps
+    victim = sorted(out.glob("runs/*/result.json"))[0]
+    victim.unlink()
+    assert main(argv) == 0
+    assert "resumed from" in capsys.readouterr().out and victim.exists()
+    # one variant of every other table trains, evaluates and reports (the non-default one: the switch at work)
+    names = ("__background__",) + HARD_NAMES
+    for t in ("2c", "2b", "agnostic", "2e", "3"):
+        runs, layout = ab.plan_runs([t], names, seeds=1, iters=2, image_size=64)
+        run_id = layout[t][TABLES[t].variants[0].name][0]
+        result = ab.run_one(run_id, runs[run_id], smoke_data, tmp_path / "one", progress=False)
+        assert result["iterations"] == 2 and ("segm" in result) == (t != "3") and "bbox" in result
+
+
+def test_ablate_errors_are_one_line(smoke_data, tmp_path, capsys):
+    for extra, message in ((["--seeds", "0"], "--seeds must be at least 1"),
+                           (["--image-size", "100"], "multiple of 32")):
+        assert main(["ablate", "--table", "2b", "--data", str(smoke_data), "--out", str(tmp_path), *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err
