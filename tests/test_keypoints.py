@@ -241,3 +241,18 @@ def test_targets_with_another_number_of_keypoints_are_refused_by_name():
     with pytest.raises(ValueError, match="predicts 3 keypoints; the targets have \\[17\\]"):
         model.forward_train([image], [target])
     assert configs.r50_fpn_keypoints().keypoint_names[9] == "left_wrist"   # COCO's names by default
+
+
+def test_keypoint_loss_shares_of_a_split_batch_add_up_to_the_whole_batch_loss():
+    """Data-parallel training: each rank divides by the labelled keypoints of the whole batch, so the ranks'
+    losses add up to the one-process loss and their gradients are its rows (one half has none labelled)."""
+    rng = np.random.default_rng(2)
+    logits, cells = rng.standard_normal((5, 3, 6, 6)), rng.integers(0, 36, (5, 3))
+    valid = rng.random((5, 3)) < 0.6
+    valid[3:] = False
+    whole, c = keypointrcnn_loss_forward(logits, cells, valid)
+    n = int(valid.sum())
+    a, b = (keypointrcnn_loss_forward(logits[s], cells[s], valid[s], normalizer=n) for s in (slice(0, 3), slice(3, 5)))
+    assert b[0] == 0.0 and a[0] + b[0] == pytest.approx(whole, rel=1e-12)
+    halves = [keypointrcnn_loss_backward(1.0, a[1]), keypointrcnn_loss_backward(1.0, b[1])]
+    np.testing.assert_allclose(np.concatenate(halves), keypointrcnn_loss_backward(1.0, c), rtol=1e-12)
