@@ -24,29 +24,35 @@ __all__ = ["DEFAULT_DATA", "DEFAULT_OUT", "UserError", "main", "make_parser"]
 
 
 def cmd_demo(args):
+    from .data.poses import ensure_poses_dataset
     from .data.shapes import ensure_shapes_dataset
     from .engine.inference import evaluate_model
     from .engine.run import (check_run_folder, open_dataset, resume_config, run_config, save_plots, train_model,
                              writable_folder)
 
+    keypoints = args.task == "keypoints"             # paper §5: the pose set and the keypoint model
+    args.data = args.data or str(DEFAULT_DATA.parent / "poses" if keypoints else DEFAULT_DATA)
+    args.out = args.out or str(DEFAULT_OUT.parent / "demo_keypoints" if keypoints else DEFAULT_OUT)
     comm = args.comm
     main_rank = comm.rank == 0
     say = _printer(comm)
     check_run_folder(args.out, args.resume, args.force)
     writable_folder(args.out)
+    ensure = ensure_poses_dataset if keypoints else ensure_shapes_dataset
     if main_rank:        # one rank generates the data; the others wait, then find it complete
-        root = ensure_shapes_dataset(args.data, num_train=args.num_train, num_val=args.num_val, progress=True,
-                                     report=say)
+        root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=True, report=say)
     comm.barrier()
     if not main_rank:
-        root = ensure_shapes_dataset(args.data, num_train=args.num_train, num_val=args.num_val, progress=False)
+        root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=False)
     train_set, val_set = open_dataset(root, "train"), open_dataset(root, "val")
+    name = "tiny_keypoints" if keypoints else "tiny"
     if args.resume:
         config, _ = resume_config(Path(args.out) / "last.npz", train_set.class_names, iters=args.iters)
     else:
-        config = run_config(train_set.class_names, "tiny", iters=args.iters)
+        config = run_config(train_set.class_names, name, iters=args.iters,
+                            keypoints=(train_set.keypoint_names, train_set.skeleton))
     say(f"data: {root} ({train_set.summary()})")
-    say(f"training the 'tiny' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
+    say(f"training the '{name}' config for {config.max_iters} iterations on {args.device}; outputs in {args.out}")
     model, trainer = train_model(config, train_set, args.out, args.device, resume=args.resume,
                                  checkpoint_every=args.checkpoint_every, comm=comm)
     if not main_rank:    # rank 0 evaluates and draws
@@ -55,9 +61,18 @@ def cmd_demo(args):
     files = save_plots(args.out, model, val_set, trainer.log, evaluator, preds)
     with open(Path(args.out) / "metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
-    say(f"\nmask AP {metrics['segm']['AP']:.3f} (AP50 {metrics['segm']['AP50']:.3f}, "
-        f"AP75 {metrics['segm']['AP75']:.3f}); box AP {metrics['bbox']['AP']:.3f}")
+    say("\n" + headline(metrics))
     say("wrote " + ", ".join(str(f) for f in files))
+
+
+def headline(metrics) -> str:
+    """One line: keypoint AP (OKS) when there is one, mask AP, box AP."""
+    parts = []
+    for t, what in (("keypoints", "keypoint AP (OKS)"), ("segm", "mask AP"), ("bbox", "box AP")):
+        if t in metrics:
+            m = metrics[t]
+            parts.append(f"{what} {m['AP']:.3f} (AP50 {m['AP50']:.3f}, AP75 {m['AP75']:.3f})")
+    return "; ".join(parts)
 
 
 def cmd_train(args):
@@ -74,7 +89,8 @@ def cmd_train(args):
         config, changes = resume_config(Path(args.out) / "last.npz", train_set.class_names, **options,
                                         override=args.override)
     else:
-        config, changes = run_config(train_set.class_names, **options), None
+        config, changes = run_config(train_set.class_names, **options,
+                                     keypoints=(train_set.keypoint_names, train_set.skeleton)), None
     train_model(config, train_set, args.out, args.device, resume=args.resume, eval_set=val_set,
                 eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, overrides=changes, comm=args.comm)
     _printer(args.comm)(f"wrote {Path(args.out) / 'last.npz'} and {Path(args.out) / 'log.json'}")
@@ -94,7 +110,14 @@ def cmd_evaluate(args):
     dataset = open_dataset(args.data, args.split)
     check_class_names(model, dataset, args.checkpoint)
     out = writable_folder(args.out or Path(args.checkpoint).resolve().parent)
-    metrics, evaluator, preds = evaluate_model(model, dataset, out_dir=out, keep_masks=8 if args.plots else 0)
+    if model.roi_heads.has_keypoint:   # OKS needs sigmas: COCO's, or the user's (checked before predicting)
+        from .data.keypoints import keypoint_sigmas
+        try:
+            keypoint_sigmas(dataset.keypoint_names or [""] * model.config.num_keypoints, args.kp_sigmas)
+        except ValueError as e:
+            raise UserError(f"--kp-sigmas: {e}") from None
+    metrics, evaluator, preds = evaluate_model(model, dataset, out_dir=out, keep_masks=8 if args.plots else 0,
+                                               keypoint_sigmas=args.kp_sigmas)
     if args.plots:
         save_plots(out, model, dataset, None, evaluator, preds)
     return metrics
@@ -136,8 +159,11 @@ def make_parser():
         g.add_argument("--force", action="store_true", help="replace the run that --out holds")
 
     d = sub.add_parser("demo", help="generate the shapes set, train the tiny model, evaluate, draw results")
-    d.add_argument("--data", default=str(DEFAULT_DATA), help="shapes data folder (generated if absent)")
-    d.add_argument("--out", default=str(DEFAULT_OUT))
+    d.add_argument("--task", choices=("masks", "keypoints"), default="masks",
+                   help="masks: the shapes set and 'tiny'; keypoints (paper §5): the pose set and 'tiny_keypoints'")
+    d.add_argument("--data", default=None, help="data folder, generated if absent (default data/shapes, or "
+                                                "data/poses with --task keypoints)")
+    d.add_argument("--out", default=None, help="default runs/demo, or runs/demo_keypoints with --task keypoints")
     d.add_argument("--iters", type=int, default=None, help="training iterations (default: the tiny config's)")
     d.add_argument("--num-train", type=int, default=2000)
     d.add_argument("--num-val", type=int, default=200)
@@ -169,6 +195,9 @@ def make_parser():
     e.add_argument("--split", default="val")
     e.add_argument("--out", default=None, help="where results JSON goes (default: beside the checkpoint)")
     e.add_argument("--plots", action="store_true", help="also draw PR curves and predictions")
+    e.add_argument("--kp-sigmas", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                   help="OKS sigmas, comma-separated, one per keypoint (default: COCO's, for COCO's 17 person "
+                        "keypoints only)")
     e.add_argument("--config", default=None, help="for weights-only files")
     e.add_argument("--num-classes", type=int, default=None, help="for weights-only files")
     common(e)

@@ -4,6 +4,8 @@
 - :func:`resnet18_fpn`: torchvision's ``MaskRCNN(resnet_fpn_backbone('resnet18'))``, same architecture.
 - :func:`r50_fpn`: the paper's ResNet-50-FPN, torchvision's ``maskrcnn_resnet50_fpn`` (its weights load 1:1).
 - :func:`r50_c4`: the paper's ResNet-50-C4 (res5 as the RoI head, 14x14 masks).
+- :func:`r50_fpn_keypoints`: the paper's §5 keypoint model, torchvision's ``keypointrcnn_resnet50_fpn``.
+- :func:`tiny_keypoints`: :func:`tiny` with a keypoint branch (and its mask branch: Table 5's keypoint & mask).
 - :func:`tiny_c4`, :func:`tiny_c5`: small single-level models (stride 16: C4 + res5 head; stride 32: C5 + the FPN
   heads) for the paper's Table 2 ablations on a CPU (``python -m minimaskrcnn ablate``).
 
@@ -60,6 +62,13 @@ class MaskRCNNConfig:
     mask_loss: str = "sigmoid"                        # 'sigmoid' (paper) or 'softmax' (Table 2b)
     class_agnostic_masks: bool = False
     mask_on: bool = True                              # False: no mask branch (Faster R-CNN / keypoint-only)
+    # keypoint branch (paper §5): RoIAlign 14x14, len(keypoint_layers) 3x3 convs, deconv, 2x bilinear -> 56x56
+    keypoint_on: bool = False
+    num_keypoints: int = 17
+    keypoint_layers: tuple = (512,) * 8
+    keypoint_pool_size: int = 14
+    keypoint_names: tuple = ()                        # the data set's names and skeleton (1-based pairs), kept
+    keypoint_skeleton: tuple = ()                     # with checkpoints for drawing and evaluation
     box_batch_size_per_image: int = 512
     box_positive_fraction: float = 0.25
     box_score_thresh: float = 0.05
@@ -98,6 +107,12 @@ class MaskRCNNConfig:
         if self.num_classes < 2:
             raise ValueError(f"config.num_classes counts the background too, so it must be >= 2, "
                              f"got {self.num_classes}")
+        if self.keypoint_on and self.architecture != "fpn":
+            raise ValueError("config: the keypoint branch is built for the FPN architecture (keypoint_on with "
+                             f"architecture={self.architecture!r})")
+        if self.keypoint_on and self.keypoint_names and len(self.keypoint_names) != self.num_keypoints:
+            raise ValueError(f"config: {len(self.keypoint_names)} keypoint_names for num_keypoints="
+                             f"{self.num_keypoints}")
         if self.mask_loss == "softmax" and self.class_agnostic_masks:
             raise ValueError("config: mask_loss='softmax' classifies each pixel among the classes, which needs a "
                              "mask per class; it cannot be combined with class_agnostic_masks=True")
@@ -167,6 +182,32 @@ def tiny(num_classes: int, **overrides) -> MaskRCNNConfig:
     return _with(cfg, overrides)
 
 
+def r50_fpn_keypoints(num_classes: int = 2, **overrides) -> MaskRCNNConfig:
+    """The paper's §5 keypoint model, torchvision's ``keypointrcnn_resnet50_fpn``: ResNet-50-FPN, person vs
+    background, no mask branch (Table 5 "keypoint-only"; ``mask_on=True`` gives "keypoint & mask"), 17 COCO
+    keypoints from 8 x 512 3x3 convs on RoIAlign 14x14, 56x56 heatmaps."""
+    return _with(MaskRCNNConfig(num_classes=num_classes, keypoint_on=True, mask_on=False,
+                                **_coco_keypoints(overrides)), overrides)
+
+
+def tiny_keypoints(num_classes: int = 2, **overrides) -> MaskRCNNConfig:
+    """:func:`tiny` with a keypoint branch of 4 x 32-channel convs (56x56 heatmaps as the paper), beside the
+    mask branch, for the synthetic pose set on 2 CPU cores (the keypoint demo): 1,800 iterations of 4 images
+    (an iteration costs ~1.1x the mask demo's), lr / 10 at 1,450."""
+    return tiny(num_classes, **{"keypoint_on": True, "keypoint_layers": (32,) * 4, "max_iters": 1800,
+                                "lr_steps": (1450,), **_coco_keypoints(overrides), **overrides})
+
+
+def _coco_keypoints(overrides: dict) -> dict:
+    """COCO's 17 person keypoints and skeleton: the keypoint configs' defaults (a run on other data replaces
+    them with the data's, ``engine.run.run_config``), so a converted COCO checkpoint draws its skeletons. None
+    when ``overrides`` ask for another number of keypoints."""
+    from .data.keypoints import COCO_PERSON_KEYPOINTS, COCO_PERSON_SKELETON
+    if overrides.get("num_keypoints", len(COCO_PERSON_KEYPOINTS)) != len(COCO_PERSON_KEYPOINTS):
+        return {}
+    return {"keypoint_names": COCO_PERSON_KEYPOINTS, "keypoint_skeleton": COCO_PERSON_SKELETON}
+
+
 def tiny_c4(num_classes: int, **overrides) -> MaskRCNNConfig:
     """:func:`tiny`'s ResNet as a C4 model (:func:`r50_c4`'s design): RPN and RoI pooling on the one stride-16
     map, res5 (128 channels) as the RoI head, 14x14 masks. Table 2b/2c's setting. res5 runs on every sampled RoI
@@ -190,7 +231,7 @@ def tiny_c5(num_classes: int, **overrides) -> MaskRCNNConfig:
 
 
 CONFIGS = {"tiny": tiny, "resnet18_fpn": resnet18_fpn, "r50_fpn": r50_fpn, "r50_c4": r50_c4, "tiny_c4": tiny_c4,
-           "tiny_c5": tiny_c5}
+           "tiny_c5": tiny_c5, "tiny_keypoints": tiny_keypoints, "r50_fpn_keypoints": r50_fpn_keypoints}
 
 
 def get_config(name: str, num_classes: int, **overrides) -> MaskRCNNConfig:

@@ -1,8 +1,10 @@
-"""Convert a torchvision Mask R-CNN checkpoint (.pth) into a minimaskrcnn weights file (.npz).
+"""Convert a torchvision Mask R-CNN or Keypoint R-CNN checkpoint (.pth) into a minimaskrcnn weights file (.npz).
 
     pip install torch torchvision                      # for this tool only; minimaskrcnn never imports torch
     python tools/convert_torchvision.py maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth r50_fpn_coco.npz --check
     python -m minimaskrcnn predict --checkpoint r50_fpn_coco.npz --config r50_fpn --num-classes 91 image.jpg
+    python tools/convert_torchvision.py keypointrcnn_resnet50_fpn_coco-fc266e95.pth kp.npz \
+        --config r50_fpn_keypoints --num-classes 2 --check          # paper §5: person keypoints
 
 Our ``build_model(config.r50_fpn(91))`` uses torchvision's parameter names and shapes (``backbone.body.*``,
 ``backbone.fpn.*``, ``rpn.head.*``, ``roi_heads.*``; see tests/test_model.py), so converting is a check
@@ -110,10 +112,12 @@ def convert(in_path, out_path, config) -> "OrderedDict[str, np.ndarray]":
 
 # ---- the check: our model and torchvision's on one image -----------------------------------------------------
 def torchvision_model(config):
-    """torchvision's Mask R-CNN with the architecture and test-time settings of ``config`` (an FPN one)."""
+    """torchvision's Mask R-CNN (or, ``keypoint_on`` without masks, Keypoint R-CNN) with the architecture and
+    test-time settings of ``config`` (an FPN one)."""
     import torchvision
     from torch import nn as tnn
-    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection import KeypointRCNN, MaskRCNN
+    from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -131,14 +135,22 @@ def torchvision_model(config):
     backbone = BackboneWithFPN(body, {f"layer{i}": str(i - 1) for i in range(1, 5)}, in_channels, c.fpn_channels,
                                extra_blocks=LastLevelMaxPool())
     mask_classes = 1 if c.class_agnostic_masks else c.num_classes
-    return MaskRCNN(
-        backbone, num_classes=None, min_size=c.min_size, max_size=c.max_size, image_mean=list(c.image_mean),
+    common = dict(
+        num_classes=None, min_size=c.min_size, max_size=c.max_size, image_mean=list(c.image_mean),
         image_std=list(c.image_std), rpn_pre_nms_top_n_test=c.rpn_pre_nms_top_n[1],
         rpn_post_nms_top_n_test=c.rpn_post_nms_top_n[1], rpn_nms_thresh=c.rpn_nms_thresh,
         box_score_thresh=c.box_score_thresh, box_nms_thresh=c.box_nms_thresh,
         box_detections_per_img=c.detections_per_img,
         box_head=TwoMLPHead(c.fpn_channels * c.box_pool_size ** 2, c.representation_size),
-        box_predictor=FastRCNNPredictor(c.representation_size, c.num_classes),
+        box_predictor=FastRCNNPredictor(c.representation_size, c.num_classes))
+    if c.keypoint_on:
+        if c.mask_on:
+            raise ValueError("torchvision has no model with both a mask and a keypoint branch")
+        return KeypointRCNN(
+            backbone, **common, keypoint_head=KeypointRCNNHeads(c.fpn_channels, list(c.keypoint_layers)),
+            keypoint_predictor=KeypointRCNNPredictor(c.keypoint_layers[-1], c.num_keypoints)).eval()
+    return MaskRCNN(
+        backbone, **common,
         mask_head=MaskRCNNHeads(c.fpn_channels, list(c.mask_layers), 1),
         mask_predictor=MaskRCNNPredictor(c.mask_layers[-1], c.mask_dim_reduced, mask_classes)).eval()
 
@@ -175,8 +187,7 @@ def check(npz_path, config, pth_path=None, image_shape=(200, 300), seed=0, verbo
     with torch.no_grad():
         ref = theirs([torch.from_numpy(image).permute(2, 0, 1).float() / 255])[0]
     t2 = time.perf_counter()
-    ref = {"boxes": ref["boxes"].numpy(), "labels": ref["labels"].numpy(), "scores": ref["scores"].numpy(),
-           "masks": ref["masks"][:, 0].numpy()}
+    ref = {k: (v[:, 0] if k == "masks" else v).numpy() for k, v in ref.items()}
     report.update(ours_detections=len(mine["scores"]), torchvision_detections=len(ref["scores"]),
                   ours_seconds=t1 - t0, torchvision_seconds=t2 - t1)
     if len(mine["scores"]) and len(ref["scores"]):
@@ -187,11 +198,19 @@ def check(npz_path, config, pth_path=None, image_shape=(200, 300), seed=0, verbo
         j = iou.argmax(axis=1)
         i = np.flatnonzero(iou[np.arange(len(j)), j] > 0.9)
         j = j[i]
-        same = same_paste_boxes(mine["boxes"][i], ref["boxes"][j], config.mask_pool_size * 2)
         report.update(
             matched=len(i),
             max_box_diff_rel=float(np.abs(mine["boxes"][i] - ref["boxes"][j]).max(initial=0) / max(image_shape)),
-            max_score_diff=float(np.abs(mine["scores"][i] - ref["scores"][j]).max(initial=0)),
+            max_score_diff=float(np.abs(mine["scores"][i] - ref["scores"][j]).max(initial=0)))
+        if "keypoints" in ref:
+            report.update(
+                max_keypoint_diff_rel=float(np.abs(mine["keypoints"][i] - ref["keypoints"][j]).max(initial=0)
+                                            / max(image_shape)),
+                max_keypoint_score_diff=float(np.abs(mine["keypoints_scores"][i]
+                                                     - ref["keypoints_scores"][j]).max(initial=0)))
+    if len(mine["scores"]) and len(ref["scores"]) and "masks" in ref:
+        same = same_paste_boxes(mine["boxes"][i], ref["boxes"][j], config.mask_pool_size * 2)
+        report.update(
             max_mask_diff=float(np.abs(mine["masks"][i[same]] - ref["masks"][j[same]]).max(initial=0)),
             masks_pasted_one_pixel_apart=int((~same).sum()),
             min_mask_iou_of_those=min((mask_iou(mine["masks"][a] >= 0.5, ref["masks"][b] >= 0.5)

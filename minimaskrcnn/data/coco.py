@@ -27,6 +27,11 @@ As in Detectron and torchvision's references:
 * degenerate annotations (a box of zero width or height after clipping to the image, an empty mask) are
   skipped and counted in ``dataset.skipped``; a one-line warning says how many.
 
+Keypoints (paper §5): when a category lists ``keypoints`` names (COCO's ``person_keypoints_*.json``, our pose
+set), each instance's ``keypoints`` field is read into ``target['keypoints']`` (G, K, 3) ``[x, y, v]``
+(:mod:`minimaskrcnn.data.keypoints`; an annotation without one counts as K unlabelled keypoints). Without
+``instances_<split>.json`` the reader takes ``person_keypoints_<split>.json``.
+
 Mistakes in the files (bad JSON, a missing key, a wrong type, an unknown image or category id, a missing
 or unreadable image) raise :class:`DatasetError` with a one-line message naming the file and the problem.
 """
@@ -41,6 +46,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+
+from .keypoints import category_keypoints, flip_indices, parse_keypoints
 
 
 class DatasetError(ValueError):
@@ -190,7 +197,8 @@ class CocoDataset:
         image: (H, W, 3) uint8 RGB (grey and RGBA files are converted; alpha is dropped).
         target: {'boxes': (G, 4) float32 (x1, y1, x2, y2) in pixels, clipped to the image,
                  'labels': (G,) int64 in 1..K, 'masks': (G, H, W) uint8 in {0, 1},
-                 'image_id': int (the JSON's id)}.
+                 'image_id': int (the JSON's id)}, and 'keypoints' (G, K, 3) float32 ``[x, y, v]`` in a set
+                 with keypoints (``keypoint_names``, ``skeleton``, ``keypoint_flip_indices`` say which).
     """
 
     def __init__(self, root, split: str, include_crowd: bool = False, skip_empty_images: bool = False,
@@ -200,6 +208,8 @@ class CocoDataset:
 
         self.root, self.split, self.include_crowd = Path(root), split, include_crowd
         self.ann_file = self.root / "annotations" / f"instances_{split}.json"
+        if not self.ann_file.exists() and (self.root / "annotations" / f"person_keypoints_{split}.json").exists():
+            self.ann_file = self.root / "annotations" / f"person_keypoints_{split}.json"
         self.image_dir = self.root / split
         data = _load_json(self.ann_file)
         path = self.ann_file
@@ -212,6 +222,14 @@ class CocoDataset:
         self.label_to_cat_id = {k + 1: c["id"] for k, c in enumerate(cats)}
         self.class_names = ["__background__"] + [c["name"] for c in cats]
         image_by_id = {im["id"]: im for im in images}
+        try:
+            found = category_keypoints(path, categories)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
+        self.keypoint_names, self.skeleton = found if found else ((), ())
+        self.num_keypoints = len(self.keypoint_names)
+        self.keypoint_flip_indices = flip_indices(self.keypoint_names) if found else None
+        kp_cats = {c["id"] for c in categories if "keypoints" in c}
 
         # Per image: (label, box, rle) for instances and crowds, decoded to masks only in __getitem__.
         self._instances = {im["id"]: [] for im in images}
@@ -228,6 +246,7 @@ class CocoDataset:
             if crowd not in (0, 1):
                 raise DatasetError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r:.40}")
             h, w = image["height"], image["width"]
+            kp = self._read_keypoints(ann, ann["category_id"] in kp_cats, h, w, where)
             rle = _segmentation_to_rle(ann["segmentation"], h, w, where)
             area = 0 if rle is None else int(mask_util.area(rle))
             ann.setdefault("area", float(area))     # COCOeval reads 'area' and 'iscrowd' of every GT
@@ -239,7 +258,7 @@ class CocoDataset:
                 self.skipped["empty mask"] += 1
             else:
                 (self._crowds if crowd else self._instances)[image["id"]].append(
-                    (self.cat_id_to_label[ann["category_id"]], box, rle))
+                    (self.cat_id_to_label[ann["category_id"]], box, rle, kp))
 
         self.image_ids = [im["id"] for im in images
                           if not (skip_empty_images and not self._instances[im["id"]])]
@@ -258,6 +277,21 @@ class CocoDataset:
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):    # pycocotools prints "creating index..."
             self.coco.createIndex()
+
+    def _read_keypoints(self, ann: dict, has_names: bool, h: int, w: int, where: str):
+        """(K, 3) keypoints of one annotation (None in a set without keypoints); completes the dict for COCOeval."""
+        if "keypoints" in ann and not has_names:
+            raise DatasetError(f"{where}: has 'keypoints' but its category {ann['category_id']} has no 'keypoints' "
+                               "names (COCO lists them in the category)")
+        if not self.num_keypoints:
+            return None
+        if not has_names:
+            return np.zeros((self.num_keypoints, 3), np.float32)
+        ann.setdefault("keypoints", [0] * (3 * self.num_keypoints))
+        try:
+            return parse_keypoints(ann, self.num_keypoints, h, w, where)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
 
     def summary(self) -> str:
         """One line: images, instances, crowds and skipped annotations."""
@@ -287,8 +321,12 @@ class CocoDataset:
         """The target dict of image ``i`` (see the class docstring), without reading the image."""
         image_id = self.image_ids[i]
         h, w = self.images[image_id]["height"], self.images[image_id]["width"]
-        labels, boxes, masks = _stack(self._instances[image_id], h, w)
+        instances = self._instances[image_id]
+        labels, boxes, masks = _stack(instances, h, w)
         target = {"boxes": boxes, "labels": labels, "masks": masks, "image_id": image_id}
+        if self.num_keypoints:
+            target["keypoints"] = np.stack([kp for *_, kp in instances]) if instances else np.zeros(
+                (0, self.num_keypoints, 3), np.float32)
         if self.include_crowd:
             _, target["crowd_boxes"], target["crowd_masks"] = _stack(self._crowds[image_id], h, w)
         return target
@@ -333,12 +371,12 @@ def _wide_grey_to_rgb(a: np.ndarray, mode: str) -> np.ndarray:
 
 
 def _stack(instances: list, height: int, width: int):
-    """[(label, box, rle), ...] -> labels (G,) int64, boxes (G, 4) float32, masks (G, H, W) uint8."""
+    """[(label, box, rle, keypoints), ...] -> labels (G,) int64, boxes (G, 4) float32, masks (G, H, W) uint8."""
     from pycocotools import mask as mask_util
 
     if not instances:
         return (np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros((0, height, width), np.uint8))
-    labels = np.array([lab for lab, _, _ in instances], dtype=np.int64)
-    boxes = np.stack([box for _, box, _ in instances])
-    masks = mask_util.decode([rle for _, _, rle in instances])        # (H, W, G), Fortran order
+    labels = np.array([inst[0] for inst in instances], dtype=np.int64)
+    boxes = np.stack([inst[1] for inst in instances])
+    masks = mask_util.decode([inst[2] for inst in instances])        # (H, W, G), Fortran order
     return labels, boxes, np.ascontiguousarray(masks.transpose(2, 0, 1))

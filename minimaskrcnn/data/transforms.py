@@ -16,11 +16,13 @@ import numpy as np
 # Flip
 # ----------------------------------------------------------------------------------------------------
 
-def hflip(image: np.ndarray, target: dict | None = None):
+def hflip(image: np.ndarray, target: dict | None = None, keypoint_flip=None):
     """Mirror an (H, W, C) image and its target left-right.
 
     A box (x1, y1, x2, y2) in continuous pixel coordinates becomes (W - x2, y1, W - x1, y2); masks
-    (G, H, W) are mirrored like the image. Returns new arrays; other target entries are kept.
+    (G, H, W) are mirrored like the image; keypoints (G, K, 3) get x -> W - x and left and right swapped by
+    ``keypoint_flip`` (K,) (a data set's ``keypoint_flip_indices``: a mirrored left wrist is a right wrist).
+    Returns new arrays; other target entries are kept.
     """
     width = image.shape[1]
     image = image[:, ::-1].copy()
@@ -33,13 +35,20 @@ def hflip(image: np.ndarray, target: dict | None = None):
         target["boxes"] = boxes
     if "masks" in target:
         target["masks"] = target["masks"][:, :, ::-1].copy()
+    if "keypoints" in target:
+        if keypoint_flip is None:
+            raise ValueError("hflip: the target has keypoints; give keypoint_flip (the data set's "
+                             "keypoint_flip_indices) so that left and right swap")
+        from .keypoints import flip_keypoints
+        target["keypoints"] = flip_keypoints(target["keypoints"], width, keypoint_flip)
     return image, target
 
 
-def random_hflip(image: np.ndarray, target: dict | None, rng: np.random.Generator, p: float = 0.5):
+def random_hflip(image: np.ndarray, target: dict | None, rng: np.random.Generator, p: float = 0.5,
+                 keypoint_flip=None):
     """:func:`hflip` with probability ``p`` (one draw from ``rng``, flipped or not, always one draw)."""
     if rng.random() < p:
-        return hflip(image, target)
+        return hflip(image, target, keypoint_flip)
     return image, target
 
 
@@ -138,7 +147,8 @@ class DataLoader:
         self.last_places = list(range(rank * n, (rank + 1) * n))
         images, targets = [], []
         for j in self.last_places:
-            image, target = random_hflip(*self.dataset[int(indices[j])], rngs[j], self.hflip_prob)
+            image, target = random_hflip(*self.dataset[int(indices[j])], rngs[j], self.hflip_prob,
+                                         getattr(self.dataset, "keypoint_flip_indices", None))
             images.append(image)
             targets.append(target)
         return images, targets

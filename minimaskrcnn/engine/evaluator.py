@@ -1,4 +1,4 @@
-"""COCO evaluation of boxes and masks with pycocotools' COCOeval (the numbers of Mask R-CNN's Tables 1-3).
+"""COCO evaluation of boxes, masks and keypoints with pycocotools' COCOeval (Mask R-CNN's Tables 1-6).
 
 COCO's AP ("AP" alone, or AP@[.5:.95]) averages, over the ten IoU thresholds 0.50, 0.55, ..., 0.95 and
 over the categories, the area under an interpolated precision-recall curve sampled at 101 recall
@@ -17,6 +17,13 @@ become COCO results (``[{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score
 ``'segmentation'`` as compressed RLE *instead of* ``'bbox'`` for ``'segm'``, so that COCOeval takes a mask
 detection's area from its mask, as it does for the ground truth), are saved as JSON, and go through
 ``COCO.loadRes`` -> ``COCOeval.evaluate / accumulate / summarize``.
+
+Keypoints (paper §5, ``'keypoints'``): a prediction's ``'keypoints'`` (D, K, 3) become results with the flat
+``keypoints`` list and the box's score; COCOeval matches them to the ground truth by OKS, the object keypoint
+similarity ``mean over labelled keypoints of exp(-d^2 / (2 s^2 k^2))`` (d: the distance to the GT keypoint,
+s^2: the GT's area, k = 2 sigma: a per-keypoint tolerance), in place of IoU. The sigmas are COCO's for COCO's
+17 person keypoints; any other keypoint set needs the user's (``keypoint_sigmas``). Its table has 10 numbers
+(no small objects): AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl.
 """
 from __future__ import annotations
 
@@ -28,7 +35,9 @@ from pathlib import Path
 import numpy as np
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+KP_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 IOU_TYPES = ("bbox", "segm")
+ALL_IOU_TYPES = ("bbox", "segm", "keypoints")
 
 
 def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id: dict, iou_type: str,
@@ -44,8 +53,8 @@ def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id:
     """
     from pycocotools import mask as mask_util
 
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if iou_type not in ALL_IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {ALL_IOU_TYPES}, got {iou_type!r}")
     boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(prediction["scores"], dtype=np.float64).reshape(-1)
     labels = np.asarray(prediction["labels"]).reshape(-1)
@@ -58,6 +67,14 @@ def prediction_to_coco_results(prediction: dict, image_id: int, label_to_cat_id:
                          f"(known labels: {sorted(label_to_cat_id)})")
     results = [{"image_id": int(image_id), "category_id": int(label_to_cat_id[int(lab)]), "score": float(s)}
                for lab, s in zip(labels, scores, strict=True)]
+    if iou_type == "keypoints":      # torchvision's evaluator: the flat [x, y, v] list and the box's score
+        kps = np.asarray(prediction["keypoints"], np.float64)
+        if kps.ndim != 3 or kps.shape[0] != len(results) or kps.shape[2] != 3:
+            raise ValueError(f"prediction for image {image_id}: keypoints must be (D, K, 3) with D = {len(results)}, "
+                             f"got {kps.shape}")
+        for result, kp in zip(results, kps, strict=True):
+            result["keypoints"] = [round(float(v), 3) for v in kp.reshape(-1)]
+        return results
     if iou_type == "bbox":
         for result, (x1, y1, x2, y2) in zip(results, boxes, strict=True):
             result["bbox"] = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
@@ -97,8 +114,10 @@ class CocoEvaluator:
     Args:
         coco_gt: the ground truth, a ``pycocotools.coco.COCO`` (``CocoDataset.coco``).
         label_to_cat_id: contiguous label -> the JSON's category id (``CocoDataset.label_to_cat_id``).
-        iou_types: any of 'bbox', 'segm'.
+        iou_types: any of 'bbox', 'segm', 'keypoints'.
         class_names: names indexed by label (``CocoDataset.class_names``), for the per-class table.
+        keypoint_sigmas: OKS sigmas, one per keypoint ('keypoints'): None takes COCO's for COCO's 17 person
+            keypoints and refuses other keypoint sets (``ValueError`` saying so).
 
     After :meth:`evaluate`: ``self.coco_eval[iou_type]`` is the COCOeval object, and
     ``self.precision[iou_type]`` the (T, R, K) precision at IoU thresholds ``self.iou_thresholds`` (T=10),
@@ -106,10 +125,18 @@ class CocoEvaluator:
     a category has no ground truth: the PR curves of :func:`minimaskrcnn.viz.detections.plot_pr_curves`.
     """
 
-    def __init__(self, coco_gt, label_to_cat_id: dict, iou_types=IOU_TYPES, class_names=None):
+    def __init__(self, coco_gt, label_to_cat_id: dict, iou_types=IOU_TYPES, class_names=None, keypoint_sigmas=None):
         for t in iou_types:
-            if t not in IOU_TYPES:
-                raise ValueError(f"iou_types must be a subset of {IOU_TYPES}, got {iou_types!r}")
+            if t not in ALL_IOU_TYPES:
+                raise ValueError(f"iou_types must be a subset of {ALL_IOU_TYPES}, got {iou_types!r}")
+        self.keypoint_sigmas = self.keypoint_cat_ids = None
+        if "keypoints" in iou_types:
+            from ..data.keypoints import keypoint_sigmas as sigmas_for
+            cats = [c for c in coco_gt.dataset["categories"] if "keypoints" in c]
+            if not cats:
+                raise ValueError("iou_type 'keypoints': the ground truth has no category with 'keypoints' names")
+            self.keypoint_sigmas = sigmas_for(cats[0]["keypoints"], keypoint_sigmas)
+            self.keypoint_cat_ids = sorted(c["id"] for c in cats)
         self.coco_gt, self.label_to_cat_id, self.iou_types = coco_gt, dict(label_to_cat_id), tuple(iou_types)
         self.class_names = class_names
         self.image_ids: list[int] = []
@@ -118,9 +145,9 @@ class CocoEvaluator:
         self.iou_thresholds = self.recall_thresholds = None
 
     @classmethod
-    def from_dataset(cls, dataset, iou_types=IOU_TYPES) -> "CocoEvaluator":
+    def from_dataset(cls, dataset, iou_types=IOU_TYPES, keypoint_sigmas=None) -> "CocoEvaluator":
         """An evaluator for a :class:`minimaskrcnn.data.coco.CocoDataset`."""
-        return cls(dataset.coco, dataset.label_to_cat_id, iou_types, dataset.class_names)
+        return cls(dataset.coco, dataset.label_to_cat_id, iou_types, dataset.class_names, keypoint_sigmas)
 
     def update(self, image_id: int, prediction: dict) -> None:
         """Add the prediction for one image (an image with no detections still counts: its objects
@@ -164,6 +191,9 @@ class CocoEvaluator:
                            else _empty_results(self.coco_gt))
                 coco_eval = COCOeval(self.coco_gt, coco_dt, iouType=t)
                 coco_eval.params.imgIds = sorted(self.image_ids)
+                if t == "keypoints":      # OKS needs keypoints on both sides: only the keypoint categories
+                    coco_eval.params.kpt_oks_sigmas = np.asarray(self.keypoint_sigmas, np.float64)
+                    coco_eval.params.catIds = self.keypoint_cat_ids
                 coco_eval.evaluate()
                 coco_eval.accumulate()
             table = io.StringIO()
@@ -172,7 +202,8 @@ class CocoEvaluator:
             self.coco_eval[t] = coco_eval
             self.precision[t] = coco_eval.eval["precision"][:, :, :, 0, -1]      # area 'all', 100 dets
             self.iou_thresholds, self.recall_thresholds = coco_eval.params.iouThrs, coco_eval.params.recThrs
-            stats = {name: float(v) for name, v in zip(STAT_NAMES, coco_eval.stats, strict=True)}
+            names = KP_STAT_NAMES if t == "keypoints" else STAT_NAMES
+            stats = {name: float(v) for name, v in zip(names, coco_eval.stats, strict=True)}
             stats["per_class_AP"] = self.per_class_ap(t)
             summary[t] = stats
             if verbose:

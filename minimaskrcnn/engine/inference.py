@@ -26,16 +26,17 @@ def _predictions(model, dataset, batch_size, progress, desc):
 
 def model_iou_types(model) -> tuple:
     """What a model predicts, as COCOeval's iou types: 'bbox', plus 'segm' with a mask branch (a Faster R-CNN,
-    ``mask_on=False``, has none: Table 3)."""
+    ``mask_on=False``, has none: Table 3) and 'keypoints' with a keypoint branch (paper §5)."""
     heads = getattr(model, "roi_heads", None)
-    if heads is None:                   # a stand-in with only predict(): boxes and masks
+    if heads is None:                   # a stand-in with only predict(): boxes and masks, as before keypoints
         return ("bbox", "segm")
-    return ("bbox",) + (("segm",) if heads.has_mask else ())
+    return ("bbox",) + (("segm",) if heads.has_mask else ()) + (("keypoints",) if heads.has_keypoint else ())
 
 
 def evaluate_model(model, dataset, batch_size: int = 8, out_dir=None, verbose: bool = True, progress: bool = True,
-                   keep_masks: int | None = None):
-    """COCO AP of ``model`` on ``dataset`` for boxes and masks (masks only when the model predicts them).
+                   keep_masks: int | None = None, keypoint_sigmas=None):
+    """COCO AP of ``model`` on ``dataset`` for boxes, masks and keypoints (those the model predicts; OKS
+    sigmas: ``keypoint_sigmas``, or COCO's for COCO's person keypoints).
 
     Each image's masks are encoded to COCO's RLE as its prediction arrives (``CocoEvaluator.update``), so
     a split is scored without holding its full-size masks (one 2000x1500 image's 100 masks: ~300 MB as bool).
@@ -47,7 +48,7 @@ def evaluate_model(model, dataset, batch_size: int = 8, out_dir=None, verbose: b
     Returns ``(metrics, evaluator, predictions)``; ``metrics`` is ``{'bbox': {...}, 'segm': {...}}`` with
     COCOeval's 12 numbers each (``AP``, ``AP50``, ``AP75``, ...).
     """
-    evaluator = CocoEvaluator.from_dataset(dataset, model_iou_types(model))
+    evaluator = CocoEvaluator.from_dataset(dataset, model_iou_types(model), keypoint_sigmas)
     preds = []
     for i, p in _predictions(model, dataset, batch_size, progress, desc="evaluate"):
         evaluator.update(dataset.image_ids[i], p)

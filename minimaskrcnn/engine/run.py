@@ -77,9 +77,10 @@ def check_run_folder(out, resume: bool, force: bool) -> None:
 
 
 # ---- the config of a run ------------------------------------------------------------------------------
-def run_config(data_class_names, config_name=None, iters=None, lr=None, batch_size=None):
+def run_config(data_class_names, config_name=None, iters=None, lr=None, batch_size=None, keypoints=None):
     """The config a fresh run asks for: ``config_name`` (default ``tiny``) for the data's classes, with the
-    options given (``iters`` None: the config's own ``max_iters``)."""
+    options given (``iters`` None: the config's own ``max_iters``). ``keypoints``: the data's keypoint names
+    and skeleton (``CocoDataset.keypoint_names``, ``.skeleton``), required by a keypoint config."""
     from ..config import get_config
 
     overrides = {"class_names": tuple(data_class_names)}
@@ -87,9 +88,17 @@ def run_config(data_class_names, config_name=None, iters=None, lr=None, batch_si
         if value is not None:
             overrides[field] = value
     try:
-        return get_config(config_name or "tiny", num_classes=len(data_class_names), **overrides)
+        config = get_config(config_name or "tiny", num_classes=len(data_class_names), **overrides)
     except ValueError as e:
         raise UserError(f"--config: {e}") from None
+    if config.keypoint_on:        # paper §5: as many heatmaps as the data has keypoints
+        if not keypoints or not keypoints[0]:
+            raise UserError(f"--config {config_name}: predicts keypoints, but the data's categories list no "
+                            "'keypoints' names")
+        names, skeleton = keypoints
+        config = config.replace(num_keypoints=len(names), keypoint_names=tuple(names),
+                                keypoint_skeleton=tuple(tuple(p) for p in skeleton))
+    return config
 
 
 def resume_config(checkpoint, data_class_names, config_name=None, iters=None, lr=None, batch_size=None,
@@ -195,6 +204,11 @@ def save_plots(out_dir, model, dataset, log, evaluator=None, predictions=None, n
     preds = predictions[:n] if predictions is not None else model.predict(images)
     draw_comparison_grid(images, targets, preds, dataset.class_names, save_path=out_dir / "predictions.png")
     files.append(out_dir / "predictions.png")
+    if preds and "keypoints" in preds[0] and getattr(dataset, "num_keypoints", 0):
+        from ..viz.keypoints import draw_keypoint_grid
+        draw_keypoint_grid(images, targets, preds, dataset.skeleton, dataset.keypoint_names,
+                           save_path=out_dir / "keypoints.png")
+        files.append(out_dir / "keypoints.png")
     return files
 
 
@@ -231,7 +245,11 @@ def predict_images(model, paths, out_dir, score_threshold=0.5, report=print) -> 
         try:
             image = read_rgb_image(path)
             pred = model.predict([image], score_threshold=score_threshold)[0]
-            fig = draw_instances(image, pred["boxes"], pred["labels"], pred["masks"], pred["scores"], names)
+            fig = draw_instances(image, pred["boxes"], pred["labels"], pred.get("masks"), pred["scores"], names)
+            if "keypoints" in pred:                # paper §5: the skeletons over the detections
+                from ..viz.keypoints import draw_skeletons
+                draw_skeletons(fig.axes[0], pred["keypoints"], model.config.keypoint_skeleton,
+                               model.config.keypoint_names or None, pred["keypoints_scores"])
             fig.savefig(out, dpi=100)
         except (DatasetError, OSError) as e:
             problem = str(e) if isinstance(e, DatasetError) else f"{path}: cannot write {out} ({e.strerror or e})"

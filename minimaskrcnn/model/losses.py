@@ -226,3 +226,45 @@ def mask_probs(mask_logits, labels, mode: str = "sigmoid"):
     if mode == "softmax":
         return softmax(mask_logits, axis=1)[xp.arange(D), labels]
     return sigmoid(mask_logits[xp.arange(D), mask_channels(labels, mask_logits.shape[1])])
+
+
+# ---- the keypoint branch (paper §5: "a keypoint is a one-hot mask") ------------------------------------------
+class KeypointRCNNLossCache(NamedTuple):
+    loss_cache: tuple | None   # softmax cross-entropy's cache; None when no keypoint is valid
+    logits_shape: tuple        # (P, K, m, m)
+    like: object               # an empty slice of the logits: their array module and dtype
+
+
+def keypointrcnn_loss_forward(keypoint_logits, heatmaps, valid, normalizer=None):
+    """L_kp: for each labelled keypoint of each positive RoI, cross-entropy of an m^2-way softmax over its map's
+    cells with the one-hot target (§5), averaged over those keypoints (torchvision's ``keypointrcnn_loss``).
+
+    Unlike the mask loss (independent per-pixel sigmoids), the cells of one keypoint's map compete: exactly
+    one is the keypoint. The K keypoint types are still independent of each other.
+
+    Args:
+        keypoint_logits: (P, K, m, m). heatmaps: (P, K) int target cells ``y * m + x``
+            (:func:`~minimaskrcnn.model.keypoint_head.keypoints_to_heatmap`); valid: (P, K) bool.
+        normalizer: the number of valid keypoints of the whole batch (over every process); None: these.
+    Returns:
+        loss_keypoint (float; 0.0 when nothing is valid), cache.
+    """
+    xp = get_xp(keypoint_logits)
+    P, K, M, N = keypoint_logits.shape
+    if M != N:
+        raise ValueError(f"keypointrcnn_loss_forward: keypoint maps must be square, got {M}x{N}")
+    like = keypoint_logits.reshape(-1)[:0]
+    if not bool(valid.any()):
+        return 0.0, KeypointRCNNLossCache(None, keypoint_logits.shape, like)
+    labels = xp.where(valid, heatmaps, -1).reshape(-1).astype(np.int64)
+    loss, cache = softmax_cross_entropy_forward(keypoint_logits.reshape(P * K, M * N), labels, ignore_index=-1,
+                                                normalizer=normalizer)
+    return loss, KeypointRCNNLossCache(cache, keypoint_logits.shape, like)
+
+
+def keypointrcnn_loss_backward(dloss, cache: KeypointRCNNLossCache):
+    """``d loss_keypoint`` -> d_keypoint_logits (P, K, m, m): ``(softmax - one_hot) / n_valid`` on the valid
+    maps, zero on the others (and everywhere when none is valid, torchvision's ``logits.sum() * 0``)."""
+    if cache.loss_cache is None:
+        return get_xp(cache.like).zeros(cache.logits_shape, cache.like.dtype)
+    return softmax_cross_entropy_backward(dloss, cache.loss_cache).reshape(cache.logits_shape)

@@ -21,6 +21,7 @@ from ..config import MaskRCNNConfig
 from ..ops.anchors import AnchorGenerator
 from .fpn import BackboneWithFPN, FeaturePyramidNetwork
 from .heads import FastRCNNPredictor, MaskMLPHead, MaskMLPPredictor, MaskRCNNHeads, MaskRCNNPredictor, TwoMLPHead
+from .keypoint_head import KeypointRCNNHeads, KeypointRCNNPredictor
 from .resnet import ResNet
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork, RPNHead
@@ -172,7 +173,7 @@ def build_rpn(c: MaskRCNNConfig, in_channels: int) -> RegionProposalNetwork:
 
 
 def build_roi_heads(c: MaskRCNNConfig, box_head, box_predictor, mask_head, mask_predictor, mask_resolution: int,
-                    featmap_levels) -> RoIHeads:
+                    featmap_levels, keypoint_head=None, keypoint_predictor=None) -> RoIHeads:
     """The RoI heads a config describes around the given branches: RoI pooling (op, mode, sizes, the feature
     levels pooled), box sampling, the test-time thresholds and the mask loss. ``mask_head`` None: the mask
     branch reuses ``box_head`` (C4's shared res5)."""
@@ -181,7 +182,8 @@ def build_roi_heads(c: MaskRCNNConfig, box_head, box_predictor, mask_head, mask_
         c.roi_op, c.roi_mode, c.roi_aligned, c.roi_impl, batch_size_per_image=c.box_batch_size_per_image,
         positive_fraction=c.box_positive_fraction, score_thresh=c.box_score_thresh, nms_thresh=c.box_nms_thresh,
         detections_per_img=c.detections_per_img, mask_loss=c.mask_loss, mask_resolution=mask_resolution,
-        featmap_levels=featmap_levels)
+        featmap_levels=featmap_levels, keypoint_head=keypoint_head, keypoint_predictor=keypoint_predictor,
+        keypoint_pool_size=c.keypoint_pool_size)
 
 
 def build_maskrcnn_fpn(config: MaskRCNNConfig) -> MaskRCNN:
@@ -210,7 +212,12 @@ def build_maskrcnn_fpn(config: MaskRCNNConfig) -> MaskRCNN:
         mask_predictor = MaskMLPPredictor(mask_head.out_features, mask_classes, 2 * c.mask_pool_size, dtype=dt)
     if not c.mask_on:
         mask_head = mask_predictor = None
+    keypoint_head = keypoint_predictor = None
+    if c.keypoint_on:   # paper §5, torchvision's KeypointRCNNHeads / KeypointRCNNPredictor
+        keypoint_head = KeypointRCNNHeads(c.fpn_channels, c.keypoint_layers, dtype=dt)
+        keypoint_predictor = KeypointRCNNPredictor(keypoint_head.out_channels, c.num_keypoints, dtype=dt)
     pooled = tuple(range(len(body.out_channels)))    # P2..P5: one per ResNet stage (P6 only serves the RPN)
     roi_heads = build_roi_heads(c, box_head, box_predictor, mask_head, mask_predictor,
-                                mask_resolution=2 * c.mask_pool_size, featmap_levels=pooled)
+                                mask_resolution=2 * c.mask_pool_size, featmap_levels=pooled,
+                                keypoint_head=keypoint_head, keypoint_predictor=keypoint_predictor)
     return MaskRCNN(backbone, rpn, roi_heads, build_transform(c), config=c)

@@ -28,8 +28,10 @@ from ..ops.masks import project_masks_on_boxes
 from ..ops.matcher import Matcher
 from ..ops.poolers import infer_scale, multiscale_roi_backward, multiscale_roi_forward
 from ..ops.sampler import BalancedPositiveNegativeSampler
-from .losses import (MASK_LOSSES, FastRCNNLossCache, MaskRCNNLossCache, batch_totals, fastrcnn_loss_backward,
-                     fastrcnn_loss_forward, mask_probs, maskrcnn_loss_backward, maskrcnn_loss_forward)
+from .keypoint_head import heatmaps_to_keypoints, keypoints_to_heatmap
+from .losses import (MASK_LOSSES, FastRCNNLossCache, KeypointRCNNLossCache, MaskRCNNLossCache, batch_totals,
+                     fastrcnn_loss_backward, fastrcnn_loss_forward, keypointrcnn_loss_backward,
+                     keypointrcnn_loss_forward, mask_probs, maskrcnn_loss_backward, maskrcnn_loss_forward)
 
 
 def infer_scales(features, image_sizes):
@@ -61,11 +63,17 @@ class MaskBranchCache(NamedTuple):
     positive: object             # (P,) rows of the positive RoIs among the sampled ones
 
 
+class KeypointBranchCache(NamedTuple):
+    pool: object                 # the 14x14 RoI pooling's cache
+    loss: KeypointRCNNLossCache
+
+
 class RoIHeadsCache(NamedTuple):
     num_levels: int              # feature maps given to forward_train (the gradient has one per map)
     box_pool: object             # the box branch's RoI pooling cache
     box_loss: FastRCNNLossCache
     mask: MaskBranchCache | None  # None: no mask branch, or no positive RoI in the batch
+    keypoint: KeypointBranchCache | None = None   # likewise for the keypoint branch (paper §5)
 
 
 class RoIHeads(nn.Module):
@@ -83,6 +91,9 @@ class RoIHeads(nn.Module):
         mask_loss: 'sigmoid' (per-class binary masks, the paper) or 'softmax' (per-pixel multinomial over
             classes, Table 2b). Class-agnostic masks: give a predictor with one output channel.
         mask_resolution: side of the predicted masks (28; 14 for C4), used for the shape of empty outputs.
+        keypoint_head, keypoint_predictor, keypoint_pool_size: the keypoint branch (paper §5; torchvision's
+            ``KeypointRCNNHeads`` / ``KeypointRCNNPredictor``) on RoIAlign 14x14 of the positive RoIs (training)
+            or the detections (inference), alone or beside the mask branch (Table 5); None: no keypoints.
         featmap_levels: which of the backbone's feature maps (finest first) the RoIs are pooled from, as
             torchvision's ``MultiScaleRoIAlign(featmap_names)``: P2..P5 of FPN's P2..P6 (P6 only serves the
             RPN's largest anchors), or the one C4 map.
@@ -92,12 +103,15 @@ class RoIHeads(nn.Module):
                  mask_pool_size=14, sampling_ratio=2, roi_op="align", roi_mode="avg", aligned=False, impl="numpy",
                  fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=512, positive_fraction=0.25,
                  bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), score_thresh=0.05, nms_thresh=0.5, detections_per_img=100,
-                 box_loss_beta=1.0 / 9, mask_loss="sigmoid", mask_resolution=28, featmap_levels=(0, 1, 2, 3)):
+                 box_loss_beta=1.0 / 9, mask_loss="sigmoid", mask_resolution=28, featmap_levels=(0, 1, 2, 3),
+                 keypoint_head=None, keypoint_predictor=None, keypoint_pool_size=14):
         super().__init__()
         if mask_loss not in MASK_LOSSES:
             raise ValueError(f"mask_loss must be 'sigmoid' or 'softmax', got {mask_loss!r}")
         self.box_head, self.box_predictor = box_head, box_predictor
         self.mask_head, self.mask_predictor = mask_head, mask_predictor
+        self.keypoint_head, self.keypoint_predictor = keypoint_head, keypoint_predictor
+        self.keypoint_pool_size = keypoint_pool_size
         self.box_pool_size, self.mask_pool_size, self.sampling_ratio = box_pool_size, mask_pool_size, sampling_ratio
         self.roi_op, self.roi_mode, self.aligned, self.impl = roi_op, roi_mode, aligned, impl
         self.featmap_levels = tuple(featmap_levels)
@@ -111,6 +125,10 @@ class RoIHeads(nn.Module):
     @property
     def has_mask(self):
         return self.mask_predictor is not None
+
+    @property
+    def has_keypoint(self):
+        return self.keypoint_predictor is not None
 
     @property
     def shares_box_head(self):
@@ -181,7 +199,10 @@ class RoIHeads(nn.Module):
         if self.has_mask:
             losses["loss_mask"], mask = self.mask_branch(levels, samples, targets, scales, box_features,
                                                          num_positive)
-        self.save_for_backward(RoIHeadsCache(len(features), box_pool, box_loss, mask))
+        keypoint = None
+        if self.has_keypoint:
+            losses["loss_keypoint"], keypoint = self.keypoint_branch(levels, samples, targets, scales)
+        self.save_for_backward(RoIHeadsCache(len(features), box_pool, box_loss, mask, keypoint))
         return losses
 
     def box_branch(self, levels, samples, scales, normalizer=None):
@@ -243,6 +264,13 @@ class RoIHeads(nn.Module):
         d_levels = multiscale_roi_backward(self.box_head.backward(d_box_features), cache.box_pool)
         if d_mask_levels is not None:
             d_levels = [a + b for a, b in zip(d_levels, d_mask_levels)]
+        if cache.keypoint is not None:
+            d_kp = self.keypoint_predictor.backward(keypointrcnn_loss_backward(scale, cache.keypoint.loss))
+            d_kp_levels = multiscale_roi_backward(self.keypoint_head.backward(d_kp), cache.keypoint.pool)
+            d_levels = [a + b for a, b in zip(d_levels, d_kp_levels)]
+        elif self.has_keypoint:   # no positive RoI: L_kp = 0, zero gradients as for the mask branch
+            for p in [*self.keypoint_head.parameters(), *self.keypoint_predictor.parameters()]:
+                p.accumulate(get_xp(p.data).zeros_like(p.data))
         d_features = [None] * cache.num_levels
         for level, d in zip(self.featmap_levels, d_levels):
             d_features[level] = d
@@ -269,6 +297,8 @@ class RoIHeads(nn.Module):
         results = self.postprocess_detections(class_logits, box_regression, proposals, image_sizes)
         if self.has_mask:
             self.predict_masks(levels, results, scales)
+        if self.has_keypoint:
+            self.predict_keypoints(levels, results, scales)
         return results
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_sizes):
@@ -312,3 +342,50 @@ class RoIHeads(nn.Module):
         starts = np.cumsum([0] + counts)
         for i, r in enumerate(results):
             r["mask_probs"] = probs[starts[i]:starts[i + 1]]
+
+    # ---- the keypoint branch (paper §5) ------------------------------------------------------------------------
+    def keypoint_branch(self, levels, samples, targets, scales):
+        """L_kp on the positive sampled RoIs (torchvision: the same positives as the mask branch): pool them
+        14x14, run the keypoint head and predictor, and compare with the matched GT keypoints discretised on
+        the m x m grid of each RoI. Returns (loss, cache); the cache is None when no RoI is positive."""
+        xp = get_xp(levels[0])
+        if any("keypoints" not in t for t in targets):
+            raise ValueError("a model with a keypoint branch needs targets with 'keypoints' (G, K, 3) [x, y, v]")
+        K = self.keypoint_predictor.out_channels
+        if any(t["keypoints"].shape[1] != K for t in targets):
+            raise ValueError(f"the keypoint branch predicts {K} keypoints; the targets have "
+                             f"{[int(t['keypoints'].shape[1]) for t in targets]}")
+        keep = [xp.nonzero(s.labels > 0)[0] for s in samples]
+        boxes = [s.proposals[k] for s, k in zip(samples, keep)]
+        M = self.keypoint_predictor.up_scale * 2 * self.keypoint_pool_size      # 14 -> 28 -> 56
+        targets_on_grid = [keypoints_to_heatmap(xp.asarray(t["keypoints"], b.dtype)[s.matched_idxs[k]], b, M)
+                           for b, s, k, t in zip(boxes, samples, keep, targets)]
+        heatmaps = xp.concatenate([h for h, _ in targets_on_grid])
+        valid = xp.concatenate([v for _, v in targets_on_grid])
+        # the loss's normaliser: the labelled keypoints of the whole batch (over every process); every process
+        # takes part in the count, also one without positive RoIs
+        (num_valid,) = batch_totals([int(valid.sum())], self.comm)
+        if heatmaps.shape[0] == 0:
+            return 0.0, None
+        pooled, pool_cache = self.pool(levels, boxes_to_rois(boxes, xp), self.keypoint_pool_size, scales)
+        logits = self.keypoint_predictor(self.keypoint_head(pooled))                      # (P, K, m, m)
+        loss, loss_cache = keypointrcnn_loss_forward(logits, heatmaps, valid, normalizer=num_valid)
+        return loss, KeypointBranchCache(pool_cache, loss_cache)
+
+    def predict_keypoints(self, levels, results, scales):
+        """Add 'keypoints' (D, K, 3) ``[x, y, 1]`` and 'keypoints_scores' (D, K) to each image's detections:
+        the keypoint branch on the detected boxes, decoded by
+        :func:`~minimaskrcnn.model.keypoint_head.heatmaps_to_keypoints`."""
+        xp = get_xp(levels[0])
+        K = self.keypoint_predictor.out_channels
+        counts = [r["boxes"].shape[0] for r in results]
+        if sum(counts) == 0:
+            for r in results:
+                r["keypoints"], r["keypoints_scores"] = np.zeros((0, K, 3), np.float32), np.zeros((0, K), np.float32)
+            return
+        pooled, _ = self.pool(levels, boxes_to_rois([r["boxes"] for r in results], xp), self.keypoint_pool_size,
+                              scales)
+        logits = self.keypoint_predictor(self.keypoint_head(pooled))
+        starts = np.cumsum([0] + counts)
+        for i, r in enumerate(results):
+            r["keypoints"], r["keypoints_scores"] = heatmaps_to_keypoints(logits[starts[i]:starts[i + 1]], r["boxes"])

@@ -51,7 +51,8 @@ class GeneralizedRCNNTransform(nn.Module):
         batch = batch.astype(self.dtype, copy=False)
         if targets is not None:
             targets = [{"boxes": np.asarray(t["boxes"], self.dtype), "labels": np.asarray(t["labels"], np.int64),
-                        "masks": np.asarray(t["masks"], np.uint8)}
+                        "masks": np.asarray(t["masks"], np.uint8),
+                        **({"keypoints": np.asarray(t["keypoints"], self.dtype)} if "keypoints" in t else {})}
                        for t in resize_targets(targets, originals, sizes)]
         return batch, sizes, originals, targets
 
@@ -67,6 +68,9 @@ class GeneralizedRCNNTransform(nn.Module):
             if "mask_probs" in d:
                 r["masks"] = paste_masks_in_image(to_numpy(d["mask_probs"]).astype(np.float32), boxes, original,
                                                   threshold=mask_threshold)
+            if "keypoints" in d:     # paper §5: keypoints (D, K, 3) [x, y, 1] and their scores (D, K)
+                r["keypoints"] = resize_keypoints(to_numpy(d["keypoints"]), size, original)
+                r["keypoints_scores"] = to_numpy(d["keypoints_scores"]).astype(np.float32)
             out.append(r)
         return out
 
@@ -117,6 +121,18 @@ def resize_boxes(boxes: np.ndarray, original_size, new_size) -> np.ndarray:
     return np.asarray(boxes, np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h], np.float32)
 
 
+def resize_keypoints(keypoints: np.ndarray, original_size, new_size) -> np.ndarray:
+    """Scale (G, K, 3) keypoints ``[x, y, v]`` from an image of ``original_size`` (h, w) to ``new_size``: x by
+    ``new_w / old_w``, y by ``new_h / old_h`` (float32 ratios), v unchanged (torchvision's
+    ``resize_keypoints``); also maps predicted keypoints back."""
+    ratio_h = np.float32(new_size[0]) / np.float32(original_size[0])
+    ratio_w = np.float32(new_size[1]) / np.float32(original_size[1])
+    out = np.array(keypoints, np.float32)
+    out[..., 0] *= ratio_w
+    out[..., 1] *= ratio_h
+    return out
+
+
 def postprocess_boxes(boxes: np.ndarray, resized_size, original_size) -> np.ndarray:
     """Boxes predicted on the resized image -> boxes on the original image (torchvision's postprocess)."""
     return resize_boxes(boxes, resized_size, original_size)
@@ -130,6 +146,8 @@ def resize_target(target: dict, original_size, new_size) -> dict:
         target["boxes"] = resize_boxes(target["boxes"], original_size, new_size)
     if "masks" in target:
         target["masks"] = _resize_nearest(target["masks"], *new_size)
+    if "keypoints" in target:
+        target["keypoints"] = resize_keypoints(target["keypoints"], original_size, new_size)
     return target
 
 
@@ -218,6 +236,10 @@ def check_targets(targets, sizes, num_classes):
             raise ValueError(f"targets[{i}]['masks'] must have shape {(G, h, w)} (one mask per box, image size), "
                              f"got {masks.shape}")
         check_binary_masks(masks, f"targets[{i}]['masks']")
+        if "keypoints" in t:
+            kp = np.asarray(to_numpy(t["keypoints"]))
+            if kp.ndim != 3 or kp.shape[0] != G or kp.shape[2] != 3:
+                raise ValueError(f"targets[{i}]['keypoints'] must have shape ({G}, K, 3) [x, y, v], got {kp.shape}")
 
 
 def check_binary_masks(masks, name):

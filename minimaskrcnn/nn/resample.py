@@ -1,6 +1,7 @@
-"""Nearest-neighbour resampling: FPN's top-down path doubles each coarser map before adding it to the
+"""Resampling layers. Nearest neighbour: FPN's top-down path doubles each coarser map before adding it to the
 lateral connection of the finer one (Lin et al. 2017, Fig. 3), and the input transform resizes the
-ground-truth masks with the same rule.
+ground-truth masks with the same rule. Bilinear: the keypoint predictor's 2x upsampling of its heatmaps to
+56 x 56 (paper §5), :func:`upsample_bilinear_forward`.
 
 The rule is PyTorch's ``mode="nearest"`` to the bit (ATen's ``nearest_idx``), so that torchvision's FPN
 and ``GeneralizedRCNNTransform`` pick the same pixels: see :func:`nearest_indices`.
@@ -98,3 +99,61 @@ def upsample_nearest_backward(dout, cache):
     Ry = (iy[None, :] == xp.arange(H)[:, None]).astype(dout.dtype)
     Rx = (ix[:, None] == xp.arange(W)[None, :]).astype(dout.dtype)
     return xp.matmul(xp.matmul(Ry, dout), Rx)
+
+
+# ---- bilinear (the keypoint head, paper §5: "deconv ... followed by 2x bilinear upscaling") -------------------
+def bilinear_matrix(in_size: int, out_size: int, scale: float, dtype, xp=np):
+    """(out_size, in_size): row ``k`` holds the two weights of output ``k`` of a 1-D linear resize, as
+    ``F.interpolate(mode='bilinear', align_corners=False)``: ``src = max((k + 0.5) * scale - 0.5, 0)``,
+    neighbours ``floor(src)`` and the next (the last pixel repeats at the far edge), weights ``1 - frac``,
+    ``frac``. ``scale`` is ``1 / scale_factor`` when a factor is given (torchvision's keypoint predictor,
+    ``recompute_scale_factor=False``), else ``in / out``."""
+    src = np.maximum((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    w1 = np.clip(src - i0, 0.0, 1.0)
+    i1 = i0 + (i0 < in_size - 1)
+    m = np.zeros((out_size, in_size), np.float64)
+    np.add.at(m, (np.arange(out_size), i0), 1.0 - w1)
+    np.add.at(m, (np.arange(out_size), i1), w1)
+    return xp.asarray(m.astype(dtype))
+
+
+class UpsampleBilinearCache(NamedTuple):
+    """``my`` (Ho, H) and ``mx`` (Wo, W): the interpolation matrices of the rows and the columns."""
+    my: object
+    mx: object
+
+
+def upsample_bilinear_forward(x, scale_factor: int = 2, size=None):
+    """Bilinear upsampling with ``align_corners=False``: ``out[n, c] = My @ x[n, c] @ Mx^T``.
+
+    Every output pixel is a weighted mean of (at most) 2 x 2 input pixels around the point it maps back to;
+    for 2x the weights are 0.75 / 0.25 along each axis (exact in float32). torchvision's
+    ``KeypointRCNNPredictor`` upsamples its (R, K, 28, 28) logits this way to (R, K, 56, 56).
+
+    Args:
+        x: (N, C, H, W) float. scale_factor: integer factor (default 2), or ``size`` (Ho, Wo) instead.
+    Returns:
+        out (N, C, Ho, Wo), cache.
+    """
+    op = "upsample_bilinear_forward"
+    check_float_array(x, "x", 4, op)
+    xp = get_xp(x)
+    H, W = x.shape[-2:]
+    if size is not None:
+        (Ho, Wo), sy, sx = pair(size, "size", 1, op), None, None
+    else:
+        if int(scale_factor) != scale_factor or scale_factor < 1:
+            raise ValueError(f"{op}: scale_factor must be a positive integer, got {scale_factor!r}")
+        Ho, Wo, sy = H * int(scale_factor), W * int(scale_factor), 1.0 / scale_factor
+        sx = sy
+    my = bilinear_matrix(H, Ho, H / Ho if sy is None else sy, x.dtype, xp)
+    mx = bilinear_matrix(W, Wo, W / Wo if sx is None else sx, x.dtype, xp)
+    return xp.matmul(xp.matmul(my, x), mx.T), UpsampleBilinearCache(my, mx)
+
+
+def upsample_bilinear_backward(dout, cache: UpsampleBilinearCache):
+    """The transpose: each input pixel collects ``weight * dout`` from the outputs that read it,
+    ``dx = My^T @ dout @ Mx``."""
+    xp = get_xp(dout)
+    return xp.matmul(xp.matmul(cache.my.T, dout), cache.mx)

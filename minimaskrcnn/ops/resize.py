@@ -73,3 +73,36 @@ def resize_bilinear(x, out_h: int, out_w: int):
     x0, x1, wx0, wx1 = linear_resize_weights(w, int(out_w), x.dtype, xp)
     cols = _muladd(x[..., x0], wx0, x[..., x1] * wx1)  # (..., h, out_w): along the width first
     return _muladd(cols[..., y0, :], wy0[:, None], cols[..., y1, :] * wy1[:, None])  # (..., out_h, out_w)
+
+
+def _cubic_weights(t, a: float = -0.75):
+    """Keys' cubic convolution weights of the 4 taps around a sample at fraction ``t`` (PyTorch's
+    ``get_cubic_upsample_coefficients``, A = -0.75)."""
+    def near(x):   # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):    # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return far(t + 1), near(t), near(1 - t), far(2 - t)
+
+
+def bicubic_matrix(in_size: int, out_size: int, dtype=np.float32, xp=np):
+    """(out_size, in_size) matrix of a 1-D bicubic resize as ``F.interpolate(mode='bicubic',
+    align_corners=False)``: ``src = (k + 0.5) * in / out - 0.5`` (not clamped), taps ``floor(src) - 1 ..
+    floor(src) + 2`` clamped to the array (the border repeats), Keys' weights with A = -0.75."""
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    i = np.floor(src).astype(np.int64)
+    weights = _cubic_weights(src - i)
+    m = np.zeros((out_size, in_size), np.float64)
+    for k, w in enumerate(weights):
+        np.add.at(m, (np.arange(out_size), np.clip(i - 1 + k, 0, in_size - 1)), w)
+    return xp.asarray(m.astype(dtype))
+
+
+def resize_bicubic(x, out_h: int, out_w: int):
+    """Resize the last two axes of ``x`` (..., h, w) bicubically (torchvision's keypoint decoding resizes each
+    RoI's heatmaps this way): ``My @ x @ Mx^T`` with :func:`bicubic_matrix`; the result may over- or
+    undershoot the input's range, as cubic interpolation does."""
+    xp = get_xp(x)
+    h, w = x.shape[-2:]
+    return xp.matmul(xp.matmul(bicubic_matrix(h, out_h, x.dtype, xp), x), bicubic_matrix(w, out_w, x.dtype, xp).T)

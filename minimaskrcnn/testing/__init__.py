@@ -54,6 +54,13 @@ def parity_config_kwargs() -> dict:
                 rpn_pre_nms_top_n=(300, 200), rpn_post_nms_top_n=(200, 100), detections_per_img=20)
 
 
+def keypoint_parity_config_kwargs() -> dict:
+    """The small Keypoint R-CNN of the keypoint parity fixtures (tools/make_keypoint_fixtures.py): the mask
+    parity model's backbone and box head, no mask branch, a 2 x 32 keypoint head, 3 keypoints."""
+    return dict(parity_config_kwargs(), num_classes=2, mask_on=False, keypoint_on=True, keypoint_layers=(32, 32),
+                num_keypoints=3)
+
+
 def parity_images() -> list:
     """Two small RGB images of different sizes with a few bright blobs (so features are not uniform)."""
     rng = np.random.default_rng(7)
