@@ -14,8 +14,8 @@ from __future__ import annotations
 import contextlib
 
 # The robust choice on a busy 2-core machine (see the module docstring); bench/threads.py gives the figures
-# for 1 vs 2 threads, quiet and loaded, from which this default is chosen (bench/RESULTS.md: 2 threads win 6%
-# quiet and lose 3.4x beside one busy process; 1 thread loses 5% there).
+# for 1 vs 2 threads, quiet and loaded, from which this default is chosen (bench/RESULTS.md: 2 threads win 19%
+# quiet and lose 2.6x beside one busy process; 1 thread loses 17% there).
 DEFAULT_THREADS = 1
 
 
