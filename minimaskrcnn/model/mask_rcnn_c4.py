@@ -88,6 +88,19 @@ class Res5BoxPredictor(FastRCNNPredictor):
         return get_xp(d).broadcast_to(d[:, :, None, None], shape).copy()
 
 
+def _one_map_backbone(c: MaskRCNNConfig, num_stages: int) -> ResNetC4Backbone:
+    """The ResNet of the single-map models, its last stage's map alone: C4 (``num_stages=3``, stride 16) or C5
+    (4, stride 32). The RPN runs on that one map, so ``c.anchor_sizes`` must hold one tuple of sizes."""
+    name = f"C{num_stages + 1}"
+    if len(c.anchor_sizes) != 1:
+        raise ValueError(f"build_maskrcnn_{name.lower()}: the RPN runs on one feature map ({name}), so anchor_sizes "
+                         f"must hold one tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
+    nn.init.manual_seed(c.seed)
+    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels,
+                  num_stages=num_stages, return_stages=(num_stages,), frozen_stages=c.frozen_stages, dtype=c.dtype)
+    return ResNetC4Backbone(body)              # one map in a list (the wrapper serves C5 alike)
+
+
 def build_maskrcnn_c4(config: MaskRCNNConfig) -> MaskRCNN:
     """Mask R-CNN, ResNet-C4 (Fig. 4 left): a :class:`~minimaskrcnn.model.mask_rcnn.MaskRCNN` whose parts
     differ (the plumbing, pre-processing, losses, the backward walk and post-processing, is the same).
@@ -105,14 +118,8 @@ def build_maskrcnn_c4(config: MaskRCNNConfig) -> MaskRCNN:
     if c.mask_pool_size != c.box_pool_size:
         raise ValueError(f"build_maskrcnn_c4: the box and mask branches share res5, so mask_pool_size "
                          f"({c.mask_pool_size}) must equal box_pool_size ({c.box_pool_size})")
-    if len(c.anchor_sizes) != 1:
-        raise ValueError(f"build_maskrcnn_c4: the RPN runs on one feature map (C4), so anchor_sizes must hold "
-                         f"one tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
     dt = c.dtype
-    nn.init.manual_seed(c.seed)
-    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=3,
-                  return_stages=(3,), frozen_stages=c.frozen_stages, dtype=dt)
-    backbone = ResNetC4Backbone(body)
+    backbone = _one_map_backbone(c, num_stages=3)
     rpn = build_rpn(c, backbone.out_channels)
     res5 = Res5Head(c.depth, backbone.out_channels, c.stage_widths[3], c.groups, c.width_per_group, c.norm, dtype=dt)
     box_predictor = Res5BoxPredictor(res5.out_channels, c.num_classes, dtype=dt)
@@ -140,14 +147,8 @@ def build_maskrcnn_c5(config: MaskRCNNConfig) -> MaskRCNN:
     if c.mask_head != "fcn":
         raise ValueError(f"build_maskrcnn_c5: the C5 model has the FCN mask head (mask_head='fcn'), got "
                          f"{c.mask_head!r}")
-    if len(c.anchor_sizes) != 1:
-        raise ValueError(f"build_maskrcnn_c5: the RPN runs on one feature map (C5), so anchor_sizes must hold one "
-                         f"tuple of sizes, e.g. ((32, 64, 128, 256, 512),); got {c.anchor_sizes!r}")
     dt = c.dtype
-    nn.init.manual_seed(c.seed)
-    body = ResNet(c.depth, c.groups, c.width_per_group, c.norm, c.stage_widths, c.stem_channels, num_stages=4,
-                  return_stages=(4,), frozen_stages=c.frozen_stages, dtype=dt)
-    backbone = ResNetC4Backbone(body)             # the same wrapper: one map in a list, here C5
+    backbone = _one_map_backbone(c, num_stages=4)
     channels = backbone.out_channels
     rpn = build_rpn(c, channels)
     box_head = TwoMLPHead(channels * c.box_pool_size ** 2, c.representation_size, dtype=dt)
