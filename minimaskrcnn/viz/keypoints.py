@@ -56,7 +56,7 @@ def draw_keypoint_grid(images, targets, predictions, skeleton, names=None, score
     n = len(images)
     fig, axes = _new_axes(None, (2.2 * n, 4.6), 2, n)
     for i, (image, t, p) in enumerate(zip(images, targets, predictions, strict=True)):
-        for row, title in ((0, "ground truth"), (1, "predicted")):
+        for row, title in ((0, "ground truth"), (1, f"predicted (score >= {score_thresh:g})")):
             ax = axes[row, i]
             ax.imshow(image)
             ax.set_axis_off()
