@@ -1,5 +1,6 @@
 """Issue 11: the ablations' switches (C5 at stride 32, mask_on=False), the hard shapes set, the statistics, and
-`python -m minimaskrcnn ablate` itself (a smoke run: a few iterations, one variant per table, 64 px images)."""
+`python -m minimaskrcnn ablate` itself (a smoke run: a few iterations, one variant per table, 64 px images);
+issue 12: Table 6 (RoIPool vs RoIAlign for keypoints) on the pose set, and each table's own provenance."""
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from minimaskrcnn.data import shapes
 from minimaskrcnn.data.shapes_hard import HARD_NAMES, draw_hard_image, hard_shape_area, hard_shape_mask
 from minimaskrcnn.engine import ablate as ab
 from minimaskrcnn.engine.ablate_report import summarise
-from minimaskrcnn.engine.ablate_tables import TABLE_ORDER, TABLES
+from minimaskrcnn.engine.ablate_tables import DATASETS, TABLE_CHOICES, TABLE_ORDER, TABLES
 from minimaskrcnn.model import build_model
 from minimaskrcnn.nn.gradcheck import check_directional
 from minimaskrcnn.testing import fixed_proposals, fixed_sample_losses
@@ -125,7 +126,7 @@ def test_demo_set_parameters_are_unchanged_and_hard_kind_is_recorded(tmp_path):
 # ---- planning and statistics ------------------------------------------------------------------------------------
 def test_plan_shares_equal_configs_and_gives_each_table_its_seeds():
     names = ("__background__",) + HARD_NAMES
-    runs, layout = ab.plan_runs(TABLE_ORDER, names)
+    runs, layout = ab.plan_runs(TABLE_ORDER, {"hard": ab.TableData("data/shapes_hard", names)})
     # 2c's three seeds include 2b's and §4.2's two: the same config, the same runs
     assert layout["2c"]["RoIAlign (avg)"][:2] == layout["2b"]["sigmoid"] == layout["agnostic"]["class-specific"]
     assert layout["2e"]["FCN"] == layout["3"]["Mask R-CNN"]
@@ -148,7 +149,7 @@ def _fake_results(layout, table, values):
 
 
 def test_a_gap_counts_only_beyond_the_seed_spread():
-    _, layout = ab.plan_runs(["2d"], ("bg", "a", "b"))
+    _, layout = ab.plan_runs(["2d"], ab.TableData("d", ("bg", "a", "b")))
     clear = summarise(["2d"], layout, _fake_results(layout, "2d", {"RoIPool": [10, 11, 12], "RoIAlign": [15, 16, 14]}))
     gap = clear["2d"]["comparisons"][0]["gaps"]["segm AP"]
     assert gap == {"ours": 4.0, "paper": 7.3, "spread": 2, "counts": True}
@@ -188,9 +189,9 @@ def test_ablate_smoke_one_variant_per_table_then_resume(smoke_data, tmp_path, ca
     # one variant of every other table trains, evaluates and reports (the non-default one: the switch at work)
     names = ("__background__",) + HARD_NAMES
     for t in ("2c", "2b", "agnostic", "2e", "3"):
-        runs, layout = ab.plan_runs([t], names, seeds=1, iters=2, image_size=64)
+        runs, layout = ab.plan_runs([t], ab.TableData(str(smoke_data), names), seeds=1, iters=2, image_size=64)
         run_id = layout[t][TABLES[t].variants[0].name][0]
-        result = ab.run_one(run_id, runs[run_id], smoke_data, tmp_path / "one", progress=False)
+        result = ab.run_one(run_id, runs[run_id], tmp_path / "one", progress=False)
         assert result["iterations"] == 2 and ("segm" in result) == (t != "3") and "bbox" in result
 
 
@@ -200,3 +201,108 @@ def test_ablate_errors_are_one_line(smoke_data, tmp_path, capsys):
         assert main(["ablate", "--table", "2b", "--data", str(smoke_data), "--out", str(tmp_path), *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err
+
+
+# ---- Table 6: RoIPool vs RoIAlign for keypoints, on the pose set ------------------------------------------------
+def test_table6_is_planned_on_the_pose_set_with_its_keypoints_and_is_not_in_all():
+    from minimaskrcnn.cli import make_parser
+    from minimaskrcnn.data.keypoints import COCO_PERSON_KEYPOINTS
+
+    assert "6" not in TABLE_ORDER and "6" in TABLE_CHOICES and set(TABLE_CHOICES) == {*TABLES, "all"}
+    assert ab.check_options("all", None, None, None, None) == list(TABLE_ORDER)
+    assert make_parser().parse_args(["ablate", "--table", "6"]).table == "6"
+    demo = make_parser().parse_args(["demo", "--task", "keypoints"])     # the keypoint demo's pose set
+    poses = DATASETS["poses"]["params"]
+    assert (poses["num_train"], poses["num_val"]) == (demo.num_train, demo.num_val)
+    assert TABLES["6"].data == "poses" and DATASETS["poses"]["image_size"] == poses["image_size"] == 128
+    names = tuple(COCO_PERSON_KEYPOINTS[:5])
+    data = {"hard": ab.TableData("h", ("__background__",) + HARD_NAMES, fingerprint="h"),
+            "poses": ab.TableData("p", ("__background__", "person"), (names, ((1, 2), (2, 3))), "p", 128)}
+    runs, layout = ab.plan_runs(["2d", "6"], data)
+    pool, align = (runs[layout["6"][v][0]] for v in ("RoIPool", "RoIAlign"))
+    assert {k for k in pool["config"] if pool["config"][k] != align["config"][k]} == {"roi_op"}
+    cfg = align["config"]
+    assert align["data"] == "p" and runs[layout["2d"]["RoIAlign"][0]]["data"] == "h"
+    assert cfg["keypoint_on"] and cfg["num_keypoints"] == 5 and tuple(cfg["keypoint_names"]) == names
+    assert cfg["min_size"] == cfg["max_size"] == 128 and cfg["num_classes"] == 2
+    assert runs[layout["2d"]["RoIAlign"][0]]["config"]["min_size"] == 192           # each table its own size
+    assert (cfg["max_iters"], cfg["warmup_iters"], tuple(cfg["lr_steps"])) == (1300, 100, (1040,))
+    assert len(layout["6"]["RoIPool"]) == 2 and tuple(cfg["keypoint_skeleton"][0]) == (1, 2)
+    with pytest.raises(ab.UserError, match="no keypoint names"):        # a keypoint config needs keypoint data
+        ab.plan_runs(["6"], ab.TableData("s", ("__background__", "circle")))
+
+
+@pytest.fixture(scope="module")
+def smoke_poses(tmp_path_factory):
+    from minimaskrcnn.data.poses import make_poses_dataset
+    return make_poses_dataset(tmp_path_factory.mktemp("abl6") / "poses", num_train=4, num_val=2, progress=False)
+
+
+def test_ablate_table6_smoke_and_each_table_keeps_its_own_command(smoke_data, smoke_poses, tmp_path):
+    out = tmp_path / "abl"
+    first = ["ablate", "--table", "2d", "--data", str(smoke_data), "--image-size", "64", "--iters", "1",
+             "--seeds", "1", "--out", str(out)]
+    assert main(first) == 0
+    six = ["ablate", "--table", "6", "--data", str(smoke_poses), "--image-size", "64", "--iters", "2",
+           "--seeds", "1", "--out", str(out)]
+    assert main(six) == 0
+    record = json.loads((out / "ablations.json").read_text())
+    assert set(record["tables"]) == {"2d", "6"} and len(record["runs"]) == 4
+    # provenance: the first table keeps the command that made it; the top level is the last invocation's
+    assert record["tables"]["2d"]["command"] == "python -m minimaskrcnn " + " ".join(first)
+    assert record["tables"]["6"]["command"] == record["command"] == "python -m minimaskrcnn " + " ".join(six)
+    assert record["tables"]["2d"]["data"] == str(smoke_data) and record["tables"]["6"]["data"] == str(smoke_poses)
+    assert all(k in record["tables"]["2d"] for k in ("commit", "finished", "elapsed_s"))
+    md = (out / "ablations.md").read_text()
+    assert f"Made by `python -m minimaskrcnn {' '.join(first)}`" in md and " ".join(six) in md
+    # table 6: keypoint AP (and box AP) for both variants, whose configs differ in roi_op alone
+    table = record["tables"]["6"]
+    assert table["metrics"] == ["keypoints", "bbox"] and [v["name"] for v in table["variants"]] == ["RoIPool",
+                                                                                                     "RoIAlign"]
+    runs = [record["runs"][v["runs"][0]] for v in table["variants"]]
+    for run, v in zip(runs, table["variants"]):
+        assert run["keypoints"]["AP"] is not None and run["keypoints"]["APs"] is None      # OKS AP has no APs
+        assert v["ours"]["keypoints"]["AP"]["mean"] == run["keypoints"]["AP"] and run["data"] == str(smoke_poses)
+    pool, align = (r["config"] for r in runs)
+    assert {k for k in pool if pool[k] != align[k]} == {"roi_op"} and pool["roi_op"] == "pool"
+    assert pool["num_keypoints"] == 17 and pool["max_iters"] == 2 and pool["min_size"] == 64
+    assert table["variants"][1]["paper"]["keypoints"]["AP"] == 64.2
+    assert "keypoint AP / AP50 / AP75, ours" in md and "RoIAlign − RoIPool" in md
+    assert (out / "ablation_6.png").stat().st_size and (out / "ablation_2d.png").stat().st_size
+    examples = json.loads((out / "examples.json").read_text())
+    kp_example = examples[runs[1]["run_id"]][0]
+    assert "keypoints" in kp_example and "masks" not in kp_example
+    assert "masks" in examples[record["tables"]["2d"]["variants"][0]["runs"][0]][0]
+    # a file written before tables kept their provenance: its tables take its top-level command, not the new one
+    record["command"] = "python -m minimaskrcnn ablate --table 2d (earlier)"
+    for key in ("command", "commit", "finished", "elapsed_s", "data"):
+        del record["tables"]["2d"][key]
+    (out / "ablations.json").write_text(json.dumps(record))
+    assert main(six) == 0                                  # all runs done: nothing trains
+    again = json.loads((out / "ablations.json").read_text())
+    assert again["tables"]["2d"]["command"] == "python -m minimaskrcnn ablate --table 2d (earlier)"
+    assert again["command"] == again["tables"]["6"]["command"]
+
+
+def test_ablate_table6_refuses_data_without_keypoints_and_estimates(smoke_data, smoke_poses, tmp_path, capsys):
+    assert main(["ablate", "--table", "6", "--data", str(smoke_data), "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "list no 'keypoints' names" in err and "table 6" in err
+    assert main(["ablate", "--table", "6", "--data", str(smoke_poses), "--image-size", "64", "--iters", "2",
+                 "--seeds", "1", "--estimate", "--out", str(tmp_path)]) == 0
+    estimate = json.loads((tmp_path / "estimate_6.json").read_text())
+    assert [r["label"] for r in estimate["runs"]] == ["6: RoIPool", "6: RoIAlign"]
+    assert all(r["projected_s"] > 0 for r in estimate["runs"]) and not (tmp_path / "estimate.json").exists()
+
+
+def test_coco_person_keypoints_files_are_read_and_fingerprinted(smoke_poses, tmp_path):
+    """COCO's own keypoint set names its files person_keypoints_<split>.json (no instances_<split>.json)."""
+    import shutil
+
+    root = tmp_path / "coco_kp"
+    shutil.copytree(smoke_poses, root)
+    for split in ("train", "val"):
+        (root / "annotations" / f"instances_{split}.json").rename(root / "annotations" /
+                                                                   f"person_keypoints_{split}.json")
+    d = ab.table_data(root, "poses", ["6"])
+    assert d.fingerprint == ab.data_fingerprint(smoke_poses) and len(d.keypoints[0]) == 17

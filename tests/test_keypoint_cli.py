@@ -65,20 +65,3 @@ def test_draw_skeletons_styles_visible_and_occluded_differently(tmp_path):
     hollow = [ln for ln in lines if ln.get_marker() == "o" and ln.get_markerfacecolor() == "none"]
     assert dashed and hollow and len(hollow) == int((kps[..., 2] == 1).sum())
     fig.savefig(tmp_path / "s.png")
-
-
-
-def test_table6_command_trains_one_model_per_roi_op_and_refuses_an_existing_out(demo, tmp_path, capsys):
-    import importlib.util
-    import pathlib
-    spec = importlib.util.spec_from_file_location(
-        "table6", pathlib.Path(__file__).resolve().parents[1] / "tools" / "table6_keypoints.py")
-    table6 = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(table6)
-    args = ["--data", str(demo / "poses"), "--out", str(tmp_path / "t6"), "--iters", "1", "--num-train", "4",
-            "--num-val", "2"]
-    assert table6.main(args) == 0
-    results = json.loads((tmp_path / "t6" / "table6.json").read_text())
-    assert set(results) == {"pool", "align"}
-    assert "| RoIPool |" in capsys.readouterr().out
-    assert table6.main(args) == 1

@@ -1,16 +1,23 @@
 """``python -m minimaskrcnn ablate``: the paper's ablations (Tables 2b-2e, §4.2's class-agnostic masks, Table 3's
-multi-task effect) trained in miniature, evaluated with COCOeval, and set beside the paper's numbers.
+multi-task effect, Table 6's RoIPool vs RoIAlign for keypoints) trained in miniature, evaluated with COCOeval,
+and set beside the paper's numbers.
 
 Each table (:mod:`minimaskrcnn.engine.ablate_tables`) has variants; each variant is trained once per seed from
-scratch on the same data with the same schedule, then scored on the validation split. What it writes in
-``--out``::
+scratch on the same data with the same schedule, then scored on the validation split. Tables 2b-3 train on
+the hard shapes set (``data/shapes_hard``), Table 6 on the pose set (``data/poses``, keypoint AP by OKS); each
+built-in set is generated on first use. ``--table all`` is Tables 2b-3 (its 2-hour budget); Table 6 runs on
+its own, ``--table 6``. What it writes in ``--out``::
 
     runs/<run id>/         one folder per (variant, seed): last.npz, log.json, result.json (written last)
-    ablations.json         every run (variant, seed, config, iterations, wall time, box and mask AP/AP50/AP75/
-                           APs/APm) and each table's summary (mean and spread over seeds, the paper's numbers)
+    ablations.json         every run (variant, seed, config, data, iterations, wall time, box, mask and keypoint
+                           AP/AP50/AP75/APs/APm, None where COCOeval has none) and each table's summary (mean
+                           and spread over seeds, the paper's numbers, the command and commit that made it)
     ablations.md           the tables, ours beside the paper's, and which gaps exceed the seed spread
     ablation_<table>.png   bars of our mean with each seed's point, the paper's numbers beside
-    examples.json          seed 0's confident detections (masks as RLE) on the first validation images
+    examples.json          seed 0's confident detections (masks as RLE, or keypoints) on the first val images
+
+Tables run by different invocations into one ``--out`` are merged in ``ablations.json``; each table keeps the
+command, commit, time and data of the invocation that produced it (the top-level ones are the last's).
 
 A run whose ``result.json`` exists is skipped, a run with a ``last.npz`` but no result resumes from it: the
 command run again after an interruption finishes the work. Runs with equal configs are trained once, whatever
@@ -22,17 +29,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from .ablate_report import summarise, write_markdown
-from .ablate_tables import DATA, IMAGE_SIZE, ITERS, TABLE_ORDER, TABLES
+from typing import NamedTuple
+
+from .ablate_tables import DATASETS, ITERS, TABLE_ORDER, TABLES
 from .run import UserError, open_dataset, writable_folder
 
 NUM_EXAMPLES = 6               # validation images whose detections examples.json keeps (seed 0 only)
-DEFAULT_ABLATION_DATA = Path("data") / "shapes_hard"
+RUN_STATS = ("AP", "AP50", "AP75", "APs", "APm")    # kept per run and iou type (keypoints have no APs: None)
+PROVENANCE = ("command", "commit", "finished", "elapsed_s")     # recorded per table and for the last invocation
 
 
 # ---- what to run ------------------------------------------------------------------------------------------------
@@ -41,34 +52,56 @@ def schedule(iters: int) -> dict:
     return {"max_iters": int(iters), "warmup_iters": min(100, int(iters) // 10), "lr_steps": (int(0.8 * iters),)}
 
 
-def plan_runs(tables, class_names, seeds=None, iters=None, image_size=IMAGE_SIZE, data_id=""):
-    """The runs the tables need, shared between tables where the configs are equal.
+class TableData(NamedTuple):
+    """A data set as :func:`plan_runs` needs it (:func:`table_data` reads it from a folder)."""
+    root: str                 # the COCO-format folder
+    class_names: tuple        # with '__background__' first
+    keypoints: tuple = ((), ())   # (names, skeleton) of a keypoint set; empty names: none
+    fingerprint: str = ""     # data_fingerprint(root): part of each run's id
+    image_size: int = DATASETS["hard"]["image_size"]     # the models' input size (min = max) unless --image-size
 
-    Returns ``(runs, layout)``: runs ``{run_id: {'config': dict, 'seed', 'iterations', 'label', 'serves'}}``
-    (``serves``: every 'table: variant' the run stands for) and layout
+
+def plan_runs(tables, data, seeds=None, iters=None, image_size=None):
+    """The runs the tables need, shared between tables where the configs (and data) are equal.
+
+    ``data``: ``{data kind: TableData}`` with the kind of every table (``TABLES[t].data``), or one
+    :class:`TableData` for all. ``image_size``: the models' input size, None: each data set's own.
+
+    Returns ``(runs, layout)``: runs ``{run_id: {'config': dict, 'data': root, 'seed', 'iterations', 'label',
+    'serves'}}`` (``serves``: every 'table: variant' the run stands for) and layout
     ``{table: {variant name: [run_id per seed]}}``."""
     from ..config import get_config
 
     runs, layout = {}, {}
     for t in tables:
         table = TABLES[t]
+        d = data if isinstance(data, TableData) else data[table.data]
+        size = image_size or d.image_size
         n_seeds = table.seeds if seeds is None else int(seeds)
         n_iters = ITERS[t] if iters is None else int(iters)
         layout[t] = {}
         for v in table.variants:
             ids = []
             for seed in range(n_seeds):
-                cfg = get_config(table.config, len(class_names), class_names=tuple(class_names), seed=seed,
-                                 min_size=image_size, max_size=image_size, **schedule(n_iters), **v.overrides)
+                cfg = get_config(table.config, len(d.class_names), class_names=tuple(d.class_names), seed=seed,
+                                 min_size=size, max_size=size, **schedule(n_iters), **v.overrides)
+                if cfg.keypoint_on:          # as many heatmaps as the data has keypoints (engine.run.run_config)
+                    names, skeleton = d.keypoints
+                    if not names:
+                        raise UserError(f"table {t} trains keypoints, but {d.root} has no keypoint names")
+                    cfg = cfg.replace(num_keypoints=len(names), keypoint_names=tuple(names),
+                                      keypoint_skeleton=tuple(tuple(p) for p in skeleton))
                 cfg_dict = cfg.to_dict()
-                digest = hashlib.sha256(json.dumps([cfg_dict, data_id], sort_keys=True, default=list).encode())
+                digest = hashlib.sha256(json.dumps([cfg_dict, d.fingerprint], sort_keys=True,
+                                                   default=list).encode())
                 slug = "".join(c if c.isalnum() else "-" for c in v.name.lower()).strip("-")
                 run_id = f"{table.config}-{slug}-s{seed}-{n_iters}it-{digest.hexdigest()[:8]}"
                 # the same config under another name (a shared baseline) is the same run
                 same = [r for r, spec in runs.items() if spec["digest"] == digest.hexdigest()]
                 run_id = same[0] if same else run_id
-                runs.setdefault(run_id, {"config": cfg_dict, "seed": seed, "iterations": n_iters,
-                                         "label": f"{t}: {v.name}", "digest": digest.hexdigest(), "serves": []})
+                runs.setdefault(run_id, {"config": cfg_dict, "data": str(d.root), "seed": seed,
+                                         "iterations": n_iters, "label": f"{t}: {v.name}",
+                                         "digest": digest.hexdigest(), "serves": []})
                 runs[run_id]["serves"].append(f"{t}: {v.name}")
                 ids.append(run_id)
             layout[t][v.name] = ids
@@ -76,18 +109,23 @@ def plan_runs(tables, class_names, seeds=None, iters=None, image_size=IMAGE_SIZE
 
 
 def data_fingerprint(root) -> str:
-    """A digest of the data's two annotation files: a run's result is only reused on the same data."""
+    """A digest of the data's two annotation files (``instances_<split>.json``, or COCO's
+    ``person_keypoints_<split>.json`` where there is none): a run's result is only reused on the same data."""
     h = hashlib.sha256()
     for split in ("train", "val"):
-        with open(Path(root) / "annotations" / f"instances_{split}.json", "rb") as f:
+        ann = Path(root) / "annotations" / f"instances_{split}.json"
+        if not ann.exists() and ann.with_name(f"person_keypoints_{split}.json").exists():
+            ann = ann.with_name(f"person_keypoints_{split}.json")
+        with open(ann, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
 
 
 # ---- one run ----------------------------------------------------------------------------------------------------
-def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threads=1) -> dict:
-    """Train and evaluate one run (resuming its checkpoint if there is one); write and return its result."""
+def run_one(run_id, spec, out_dir, device="cpu", progress=True, threads=1) -> dict:
+    """Train and evaluate one run on its data (``spec['data']``), resuming its checkpoint if there is one;
+    write and return its result."""
     from ..config import MaskRCNNConfig
     from .inference import evaluate_model
     from .run import train_model
@@ -98,7 +136,7 @@ def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threa
     if done.exists():
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    train_set, val_set = open_dataset(data_root, "train"), open_dataset(data_root, "val")
+    train_set, val_set = open_dataset(spec["data"], "train"), open_dataset(spec["data"], "val")
     config = MaskRCNNConfig.from_dict(spec["config"])
     with blas_threads(threads):
         t0 = time.perf_counter()
@@ -109,13 +147,14 @@ def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threa
         t2 = time.perf_counter()
     seconds = trainer.log["seconds"]
     result = {"run_id": run_id, "variant": spec["label"], "serves": spec["serves"], "seed": spec["seed"],
-              "iterations": spec["iterations"],
+              "iterations": spec["iterations"], "data": spec["data"],
               "config": spec["config"], "wall_time_s": round(t2 - t0, 1), "train_s": round(t1 - t0, 1),
               "eval_s": round(t2 - t1, 1), "seconds_per_iter": round(sum(seconds) / max(1, len(seconds)), 4),
               "resumed": len(seconds) != spec["iterations"] or None,
-              # COCOeval's -1 (no object in that size range) becomes None
-              **{t: {k: round(100 * metrics[t][k], 2) if metrics[t][k] >= 0 else None
-                     for k in ("AP", "AP50", "AP75", "APs", "APm")} for t in metrics},
+              # COCOeval's -1 (no object in that size range) becomes None, and so does a statistic it does not
+              # compute (keypoint AP has no APs: COCO's keypoint areas start at medium)
+              **{t: {k: round(100 * m[k], 2) if m.get(k, -1) >= 0 else None for k in RUN_STATS}
+                 for t, m in metrics.items()},
               "examples": _examples(val_set, preds) if spec["seed"] == 0 else None}
     tmp = folder / "result.json.tmp"
     tmp.write_text(json.dumps(result, indent=1))
@@ -124,7 +163,8 @@ def run_one(run_id, spec, data_root, out_dir, device="cpu", progress=True, threa
 
 
 def _examples(dataset, preds, score_threshold=0.5):
-    """Seed 0's detections on the first validation images, scores >= 0.5, masks as COCO RLE (small JSON)."""
+    """Seed 0's detections on the first validation images, scores >= 0.5: a keypoint model's keypoints
+    ((D, K, 2) x, y in pixels, and their (D, K) scores), another model's masks as COCO RLE (small JSON)."""
     from pycocotools import mask as mask_util
     import numpy as np
 
@@ -133,7 +173,10 @@ def _examples(dataset, preds, score_threshold=0.5):
         keep = np.nonzero(p["scores"] >= score_threshold)[0]
         item = {"image_id": int(dataset.image_ids[i]), "boxes": np.round(p["boxes"][keep], 1).tolist(),
                 "labels": p["labels"][keep].tolist(), "scores": np.round(p["scores"][keep], 3).tolist()}
-        if "masks" in p:
+        if "keypoints" in p:
+            item["keypoints"] = np.round(p["keypoints"][keep][..., :2], 1).tolist()
+            item["keypoints_scores"] = np.round(p["keypoints_scores"][keep], 2).tolist()
+        elif "masks" in p:
             rles = mask_util.encode(np.asfortranarray(p["masks"][keep].transpose(1, 2, 0).astype(np.uint8)))
             item["masks"] = [{"size": r["size"], "counts": r["counts"].decode("ascii")} for r in rles]
         out.append(item)
@@ -141,11 +184,11 @@ def _examples(dataset, preds, score_threshold=0.5):
 
 
 def _worker(args):
-    run_id, spec, data_root, out_dir, device, threads = args
-    return run_one(run_id, spec, data_root, out_dir, device, progress=False, threads=threads)
+    run_id, spec, out_dir, device, threads = args
+    return run_one(run_id, spec, out_dir, device, progress=False, threads=threads)
 
 
-def run_all(runs, data_root, out_dir, device="cpu", jobs=1, threads=1, progress=True, report=print) -> dict:
+def run_all(runs, out_dir, device="cpu", jobs=1, threads=1, progress=True, report=print) -> dict:
     """Every run not done yet, ``jobs`` at a time; returns ``{run_id: result}``. Runs already done are read."""
     from tqdm.auto import tqdm
 
@@ -163,7 +206,7 @@ def run_all(runs, data_root, out_dir, device="cpu", jobs=1, threads=1, progress=
         if jobs <= 1:
             for run_id in todo:
                 bar.set_postfix_str(runs[run_id]["label"] + f", seed {runs[run_id]['seed']}")
-                results[run_id] = run_one(run_id, runs[run_id], data_root, out_dir, device, progress, threads)
+                results[run_id] = run_one(run_id, runs[run_id], out_dir, device, progress, threads)
                 bar.update(1)
         else:
             import multiprocessing
@@ -171,7 +214,7 @@ def run_all(runs, data_root, out_dir, device="cpu", jobs=1, threads=1, progress=
 
             # spawn: a forked child would inherit the parent's BLAS threads mid-state
             with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(_worker, (r, runs[r], str(data_root), str(out_dir), device, 1)): r
+                futures = {pool.submit(_worker, (r, runs[r], str(out_dir), device, 1)): r
                            for r in todo}
                 for f in as_completed(futures):
                     results[futures[f]] = f.result()
@@ -183,14 +226,31 @@ def run_all(runs, data_root, out_dir, device="cpu", jobs=1, threads=1, progress=
 
 
 # ---- the data ---------------------------------------------------------------------------------------------------
-def ensure_data(data=None, report=print):
-    """The given COCO-format folder, or the built-in hard shapes set (generated on first use)."""
+def ensure_data(data=None, kind="hard", report=print):
+    """The given COCO-format folder, or the built-in set of this kind (``DATASETS``: 'hard', the hard shapes
+    set, or 'poses', the pose set), generated on first use."""
     if data is not None:
         return Path(data)
+    spec = DATASETS[kind]
+    if kind == "poses":
+        from ..data.poses import ensure_poses_dataset
+        return ensure_poses_dataset(Path(spec["folder"]), **spec["params"], report=report)
     from ..data.shapes import ensure_shapes_dataset
     from ..data.shapes_hard import HARD_DEFAULTS
 
-    return ensure_shapes_dataset(DEFAULT_ABLATION_DATA, **{**HARD_DEFAULTS, **DATA}, report=report)
+    return ensure_shapes_dataset(Path(spec["folder"]), **{**HARD_DEFAULTS, **spec["params"]}, report=report)
+
+
+def table_data(root, kind="hard", tables=()) -> TableData:
+    """What :func:`plan_runs` needs of the folder ``root`` for tables on data of this kind; a keypoint kind
+    needs a set whose categories list keypoint names (one-line error otherwise)."""
+    train_set = open_dataset(root, "train")
+    if DATASETS[kind]["keypoints"] and not train_set.keypoint_names:
+        raise UserError(f"--data {root}: table {', '.join(tables) or kind} trains keypoints, but its categories "
+                        f"({', '.join(train_set.class_names[1:])}) list no 'keypoints' names: give a keypoint set "
+                        "such as the pose set (python -m minimaskrcnn.data.poses --out data/poses)")
+    return TableData(str(root), tuple(train_set.class_names), (train_set.keypoint_names, train_set.skeleton),
+                     data_fingerprint(root), DATASETS[kind]["image_size"])
 
 
 # ---- the command ------------------------------------------------------------------------------------------------
@@ -208,6 +268,7 @@ def _git_commit():
 
 
 def check_options(table, seeds, iters, jobs, image_size):
+    """The tables to run (``'all'``: ``TABLE_ORDER``, which leaves out Table 6); one-line errors for bad values."""
     for name, value in (("--seeds", seeds), ("--iters", iters), ("--jobs", jobs), ("--image-size", image_size)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
@@ -218,7 +279,9 @@ def check_options(table, seeds, iters, jobs, image_size):
 
 def ablate(table="all", data=None, seeds=None, iters=None, out="runs/ablations", jobs=1, image_size=None,
            device="cpu", threads=1, estimate=False, progress=True, report=print, command=None) -> dict:
-    """Train, evaluate and report the ablations of ``table`` ('2b', '2c', '2d', '2e', '3', 'agnostic' or 'all').
+    """Train, evaluate and report the ablations of ``table`` ('2b', '2c', '2d', '2e', '3', 'agnostic', '6' or
+    'all', which is Tables 2b-3 without 6). ``data``: a COCO-format folder for every table run (a keypoint set
+    for Table 6); None: each table's built-in set (``ablate_tables.DATASETS``), generated on first use.
 
     Returns the content of ``ablations.json``. ``estimate=True`` trains nothing: it times a few iterations of
     each variant and returns the projected wall time (:func:`minimaskrcnn.engine.ablate_estimate.estimate`).
@@ -227,26 +290,34 @@ def ablate(table="all", data=None, seeds=None, iters=None, out="runs/ablations",
     tables = check_options(table, seeds, iters, jobs, image_size)
     if seeds == 1:
         report("ablate: with one seed there is no seed spread: no gap can be judged against noise")
-    root = ensure_data(data, report)
-    train_set = open_dataset(root, "train")
+    kinds = list(dict.fromkeys(TABLES[t].data for t in tables))
+    data_sets = {k: table_data(ensure_data(data, k, report), k, [t for t in tables if TABLES[t].data == k])
+                 for k in kinds}
     out = writable_folder(out)
-    runs, layout = plan_runs(tables, train_set.class_names, seeds, iters, image_size or IMAGE_SIZE,
-                             data_fingerprint(root))
+    runs, layout = plan_runs(tables, data_sets, seeds, iters, image_size)
     if estimate:
         from .ablate_estimate import estimate as run_estimate
-        return run_estimate(runs, root, out, jobs, device, report)
-    report(f"ablate: tables {', '.join(tables)}: {len(runs)} runs on {root}; outputs in {out}")
-    results = run_all(runs, root, out, device, jobs, threads, progress, report)
+        name = "estimate.json" if table == "all" else f"estimate_{table}.json"     # one table's keeps all's
+        return run_estimate(runs, out, jobs, device, report, name)
+    roots = ", ".join(d.root for d in data_sets.values())
+    report(f"ablate: tables {', '.join(tables)}: {len(runs)} runs on {roots}; outputs in {out}")
+    results = run_all(runs, out, device, jobs, threads, progress, report)
     summary = summarise(tables, layout, results)
     path = out / "ablations.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
-    record = {"command": command or "python -m minimaskrcnn ablate", "commit": _git_commit(), "data": str(root),
-              "jobs": jobs, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "tables": {**previous.get("tables", {}), **summary},
+    stamp = {"command": command or "python -m minimaskrcnn ablate", "commit": _git_commit(),
+             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "elapsed_s": round(time.perf_counter() - started, 1)}     # this invocation, runs skipped included
+    for t, s in summary.items():
+        s.update(stamp, data=data_sets[TABLES[t].data].root, jobs=jobs)
+    # a table written before tables kept their own provenance takes its file's top-level fields (the last
+    # invocation's then: the best there is)
+    legacy = {k: previous.get(k) for k in (*PROVENANCE, "data", "jobs")}
+    record = {**stamp, "data": roots, "jobs": jobs,
+              "tables": {**{t: {**legacy, **s} for t, s in previous.get("tables", {}).items()}, **summary},
               "runs": {**previous.get("runs", {}), **{r: {**{k: v for k, v in res.items() if k != "examples"},
                                                          "serves": runs[r]["serves"]} for r, res in results.items()}}}
     record["wall_time_s"] = round(sum(r["wall_time_s"] for r in record["runs"].values()), 1)
-    record["elapsed_s"] = round(time.perf_counter() - started, 1)     # this invocation, runs skipped included
     _write_json(path, record)
     examples_path = out / "examples.json"
     examples = json.loads(examples_path.read_text()) if examples_path.exists() else {}
@@ -276,6 +347,7 @@ def _write_json(path, obj):
 
 
 def main_args(args) -> dict:
-    """What cli.py's ``ablate`` subcommand calls with its parsed arguments."""
+    """What cli.py's ``ablate`` subcommand calls with its parsed arguments (``args.argv``: the words given)."""
+    command = "python -m minimaskrcnn " + shlex.join(getattr(args, "argv", sys.argv[1:]))
     return ablate(args.table, args.data, args.seeds, args.iters, args.out, args.jobs, args.image_size, args.device,
-                  args.threads, args.estimate, command="python -m minimaskrcnn " + " ".join(sys.argv[1:]))
+                  args.threads, args.estimate, command=command)

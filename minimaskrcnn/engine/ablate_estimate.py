@@ -43,18 +43,26 @@ def _time_config(cfg_dict, train_set, val_set, device):
     return per_iter, (time.perf_counter() - t0) / len(images)
 
 
-def estimate(runs, data_root, out, jobs=1, device="cpu", report=print) -> dict:
-    """Time each distinct config of ``runs`` (:func:`~minimaskrcnn.engine.ablate.plan_runs`) and project the
-    wall time of all of them with ``jobs`` in parallel. Writes ``<out>/estimate.json`` and returns it."""
+def estimate(runs, out, jobs=1, device="cpu", report=print, name="estimate.json") -> dict:
+    """Time each distinct config of ``runs`` (:func:`~minimaskrcnn.engine.ablate.plan_runs`) on its run's data
+    and project the wall time of all of them with ``jobs`` in parallel. Writes ``<out>/<name>`` and returns it."""
     from .run import open_dataset
     from .threads import blas_threads
 
-    train_set, val_set = open_dataset(data_root, "train"), open_dataset(data_root, "val")
+    splits = {}                   # data root -> (train set, val set), opened once
+
+    def data_of(spec):
+        if spec["data"] not in splits:
+            splits[spec["data"]] = open_dataset(spec["data"], "train"), open_dataset(spec["data"], "val")
+        return splits[spec["data"]]
+
     timed, rows = {}, []
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with blas_threads(1):
         for run_id, spec in runs.items():
-            key = json.dumps({k: v for k, v in spec["config"].items() if k != "seed"}, sort_keys=True, default=list)
+            train_set, val_set = data_of(spec)
+            key = json.dumps([{k: v for k, v in spec["config"].items() if k != "seed"}, spec["data"]],
+                             sort_keys=True, default=list)
             if key not in timed:
                 timed[key] = _time_config(spec["config"], train_set, val_set, device)
                 report(f"  {spec['label']:<40s} {timed[key][0]:.3f} s/iteration, {timed[key][1]:.3f} s/image "
@@ -64,6 +72,7 @@ def estimate(runs, data_root, out, jobs=1, device="cpu", report=print) -> dict:
                          "s_per_iter": round(per_iter, 4), "s_per_val_image": round(per_image, 4),
                          "projected_s": round(spec["iterations"] * per_iter + len(val_set) * per_image, 1)})
         from ..config import tiny
+        train_set, val_set = data_of(next(iter(runs.values())))     # the reference: tiny at 128 px on that data
         ref_cfg = tiny(len(train_set.class_names), class_names=tuple(train_set.class_names)).to_dict()
         reference = _time_config(ref_cfg, train_set, val_set, device)[0]
     total = sum(r["projected_s"] for r in rows)
@@ -73,7 +82,7 @@ def estimate(runs, data_root, out, jobs=1, device="cpu", report=print) -> dict:
               "projected_quiet_wall_s": round(total * quiet / jobs, 1),
               "load_average_1min": load, "cpu_count": os.cpu_count(), "timed_iterations": TIMED_ITERS,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    Path(out, "estimate.json").write_text(json.dumps(result, indent=1))
+    Path(out, name).write_text(json.dumps(result, indent=1))
     report(f"ablate --estimate: {len(rows)} runs, {total / 60:.1f} min one after the other, about "
            f"{total / jobs / 60:.1f} min with --jobs {jobs}"
            + (f" (measured with a 1-minute load average of {load:.1f} on {os.cpu_count()} cores: on a busy "

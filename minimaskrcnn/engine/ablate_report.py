@@ -3,13 +3,15 @@ and for each of the paper's claims whether our gap exceeds the seed spread.
 
 Spread is the range over seeds (max - min). A gap between two variants *counts* when the difference of their
 means exceeds the larger of their two spreads: with 2-3 seeds a standard deviation is itself too noisy to
-lean on, and a gap the seeds alone can produce is not evidence. All numbers are COCO AP in % (as the paper).
+lean on, and a gap the seeds alone can produce is not evidence. All numbers are COCO AP in % (as the paper):
+mask AP ('segm'), box AP ('bbox') or keypoint AP ('keypoints', AP^kp: OKS in place of IoU, paper §5).
 """
 from __future__ import annotations
 
 from .ablate_tables import TABLES
 
 STATS = ("AP", "AP50", "AP75")
+METRIC_NAME = {"segm": "mask", "bbox": "box", "keypoints": "keypoint"}     # COCOeval's iou types, in words
 
 
 def _stats(values):
@@ -21,7 +23,7 @@ def _stats(values):
 
 
 def summarise(tables, layout, results) -> dict:
-    """``{table: summary}``: for each variant and metric ('segm', 'bbox'), our per-seed values, mean and
+    """``{table: summary}``: for each variant and metric ('segm', 'bbox', 'keypoints'), our per-seed values, mean and
     spread of AP/AP50/AP75, the paper's; and each comparison's gaps (ours, paper's, whether ours counts)."""
     out = {}
     for t in tables:
@@ -72,10 +74,13 @@ def markdown_table(summary) -> str:
              f"Ours: `{summary['config']}`, {summary['image_size']} px, {summary['iterations']} iterations, "
              f"{summary['seeds']} seed{'s' if summary['seeds'] != 1 else ''} (mean ±half the range). "
              f"Paper: {summary['paper_note']}.", ""]
-    metric_name = {"segm": "mask", "bbox": "box"}
+    if summary.get("command"):     # the invocation that made this table (tables merge across invocations)
+        on = f", data {summary['data']}" if summary.get("data") else ""
+        lines += [f"Made by `{summary['command']}` at commit `{summary.get('commit')}`, finished "
+                  f"{summary.get('finished')}{on}.", ""]
     head = ["variant"]
     for m in summary["metrics"]:
-        head += [f"{metric_name[m]} AP / AP50 / AP75, ours", f"{metric_name[m]}, paper"]
+        head += [f"{METRIC_NAME[m]} AP / AP50 / AP75, ours", f"{METRIC_NAME[m]}, paper"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v in summary["variants"]:
         row = [v["name"]]
@@ -89,16 +94,17 @@ def markdown_table(summary) -> str:
         for key, g in c["gaps"].items():
             verdict = ("exceeds the seed spread" if g["counts"] else "within the seed spread") \
                 if g["counts"] is not None else "one seed: no spread to judge"
-            parts.append(f"{metric_name[key.split()[0]]} {key.split()[1]} ours {_num(g['ours'], True)} "
+            parts.append(f"{METRIC_NAME[key.split()[0]]} {key.split()[1]} ours {_num(g['ours'], True)} "
                          f"({verdict}), paper {_num(g['paper'], True)}")
         lines.append(f"- **{c['better']} − {c['worse']}**: " + "; ".join(parts))
     return "\n".join(lines) + "\n"
 
 
 def write_markdown(record, path) -> str:
-    """``ablations.md``: how it was made (command, commit, wall time), then every table."""
+    """``ablations.md``: how the last invocation ran (command, commit, wall time), then every table, each with
+    the command and commit that made it."""
     head = ["# The paper's ablations, trained in miniature", "",
-            f"Command: `{record['command']}`  ", f"Commit: `{record['commit']}`  ",
+            f"Last command: `{record['command']}`  ", f"Commit: `{record['commit']}`  ",
             f"Finished: {record['finished']}; this command took {record['elapsed_s'] / 60:.1f} min with "
             f"{record['jobs']} job(s) in parallel; the runs' own wall times add up to "
             f"{record['wall_time_s'] / 60:.1f} min", ""]

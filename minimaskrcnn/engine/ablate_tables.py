@@ -1,8 +1,8 @@
 """The paper's ablations as data: each table's variants (a named config and the fields it changes), the paper's
-numbers beside them, and the comparisons that make its point. ``python -m minimaskrcnn ablate`` trains them
-(:mod:`minimaskrcnn.engine.ablate`).
+numbers beside them, the comparisons that make its point, and the data it is trained on. ``python -m
+minimaskrcnn ablate`` trains them (:mod:`minimaskrcnn.engine.ablate`).
 
-Numbers are the paper's (He et al. 2017, Tables 2 and 3, COCO minival / test-dev, in %), in the order
+Numbers are the paper's (He et al. 2017, Tables 2, 3 and 6, COCO minival / test-dev, in %), in the order
 AP, AP50, AP75; None where the paper gives none. Our models are the CPU-sized cousins of the paper's:
 
 =========  ==============================  ==================================  ===========================
@@ -14,7 +14,13 @@ table      the paper's model               ours                                w
 2e         ResNet-50-FPN                   ``tiny`` (FPN)                      MLP vs FCN mask head
 agnostic   ResNet-50-C4 (§4.2 text)        ``tiny_c4``                         class-specific vs agnostic
 3          ResNet-101-FPN (test-dev)       ``tiny`` (FPN)                      Faster R-CNN vs Mask R-CNN
+6          ResNet-50-FPN, keypoints (§5)   ``tiny_keypoints`` (FPN)            RoIPool vs RoIAlign
 =========  ==============================  ==================================  ===========================
+
+Tables 2b-3 train on the hard shapes set (``DATASETS['hard']``: 8 occluding classes, 192 px); Table 6 on the
+pose set (``DATASETS['poses']``: stick persons with COCO's 17 keypoints, 128 px, the keypoint demo's set) and
+is scored with keypoint AP (OKS). ``--table all`` is Tables 2b-3 (``TABLE_ORDER``), which fill its 2-hour
+budget; Table 6 is run on its own (``--table 6``, about 25 minutes more with ``--jobs 2``).
 
 Variants whose configs are equal are the same runs: 2c's "RoIAlign avg", 2b's "sigmoid" and "class-specific"
 are one model (as in the paper, whose Table 2b, 2c and §4.2 all report 30.3 for it), and so are 2e's "FCN"
@@ -29,22 +35,23 @@ from typing import NamedTuple
 class Variant(NamedTuple):
     name: str                 # as the paper's table names it
     overrides: dict           # fields changed from the table's config (the paper's default: {})
-    paper: dict               # {'segm' | 'bbox': (AP, AP50, AP75)} in %, from the paper
+    paper: dict               # {'segm' | 'bbox' | 'keypoints': (AP, AP50, AP75)} in %, from the paper
 
 
 class Table(NamedTuple):
     key: str
     title: str
     config: str               # a name of minimaskrcnn.config.CONFIGS
-    metrics: tuple            # COCOeval iou types shown: 'segm' (mask AP) and/or 'bbox' (box AP)
+    metrics: tuple            # COCOeval iou types shown: 'segm' (mask AP), 'bbox' (box AP), 'keypoints' (OKS)
     variants: tuple
     comparisons: tuple        # (better, worse): the paper's claim that `better` beats `worse`
     seeds: int                # default number of seeds (the issue: >= 2, 3 for 2c and 2d)
     paper_note: str
+    data: str = "hard"        # a key of DATASETS: the built-in set it trains on (and so its image size)
 
 
-def _v(name, overrides=None, segm=None, bbox=None):
-    paper = {k: v for k, v in (("segm", segm), ("bbox", bbox)) if v is not None}
+def _v(name, overrides=None, segm=None, bbox=None, keypoints=None):
+    paper = {k: v for k, v in (("segm", segm), ("bbox", bbox), ("keypoints", keypoints)) if v is not None}
     return Variant(name, dict(overrides or {}), paper)
 
 
@@ -77,16 +84,31 @@ TABLES = {
         _v("Faster R-CNN, RoIAlign", {"mask_on": False}, bbox=(37.3, 59.6, 40.3)),
         _v("Mask R-CNN", {}, bbox=(38.2, 60.3, 41.7)),
     ), (("Mask R-CNN", "Faster R-CNN, RoIAlign"),), 2, "ResNet-101-FPN, COCO test-dev: +0.9 box AP"),
+    # every RoI head (box, mask, keypoint) pools with the variant's operator, as in the paper
+    "6": Table("6", "Table 6: RoIPool vs RoIAlign for keypoints", "tiny_keypoints", ("keypoints", "bbox"), (
+        _v("RoIPool", {"roi_op": "pool"}, keypoints=(59.8, 86.2, 66.7)),
+        _v("RoIAlign", {}, keypoints=(64.2, 86.6, 69.7)),
+    ), (("RoIAlign", "RoIPool"),), 2, "ResNet-50-FPN, COCO minival: +4.4 AP^kp", data="poses"),
 }
-TABLE_ORDER = ("2d", "2c", "2b", "agnostic", "2e", "3")     # 'all': the headline (stride 32) first
+TABLE_ORDER = ("2d", "2c", "2b", "agnostic", "2e", "3")     # 'all': the headline (stride 32) first; not 6
+TABLE_CHOICES = ("2b", "2c", "2d", "2e", "3", "agnostic", "6", "all")
 
 # Iterations of every run of a table (the same for all its variants), chosen so that `--table all` fits the
 # 2-hour budget on 2 quiet cores with --jobs 2 (the estimate is in results/ablations/README.md and the
 # report of `ablate --estimate`). The learning-rate schedule follows: warm-up min(100, iters / 10), x0.1 at 80%.
-ITERS = {"2d": 1200, "2c": 600, "2b": 600, "agnostic": 600, "2e": 600, "3": 600}
+# Table 6: tiny_keypoints' own max_iters (the keypoint demo's), so warm-up 100 and the step at 1,040 (the
+# demo's config steps at 1,050: every ablation run takes the one schedule rule).
+ITERS = {"2d": 1200, "2c": 600, "2b": 600, "agnostic": 600, "2e": 600, "3": 600, "6": 1300}
 IMAGE_SIZE = 192               # the hard shapes set's images (see minimaskrcnn/data/shapes_hard.py)
-# The built-in data: the hard shapes set (8 occluding classes); its size is part of the budget too.
+# The built-in hard shapes set (8 occluding classes); its size is part of the budget too.
 DATA = dict(kind="hard", num_train=1000, num_val=100, seed=0)
+# Each table's built-in data: where it is generated, with what parameters (its generator's), and the models'
+# input size on it. 'poses' is the keypoint demo's set (`demo --task keypoints`: 2000 + 200 images, 128 px).
+DATASETS = {
+    "hard": {"folder": "data/shapes_hard", "params": DATA, "image_size": IMAGE_SIZE, "keypoints": False},
+    "poses": {"folder": "data/poses", "params": dict(num_train=2000, num_val=200, image_size=128, seed=0),
+              "image_size": 128, "keypoints": True},
+}
 
 
 def variant(table: str, name: str) -> Variant:

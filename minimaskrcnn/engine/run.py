@@ -26,16 +26,18 @@ class UserError(Exception):
 
 # ---- inputs -------------------------------------------------------------------------------------------
 def open_dataset(root, split):
-    """The :class:`~minimaskrcnn.data.coco.CocoDataset` of ``split`` under ``root``, with at least one image."""
+    """The :class:`~minimaskrcnn.data.coco.CocoDataset` of ``split`` under ``root``, with at least one image
+    (annotations in ``instances_<split>.json``, or COCO's ``person_keypoints_<split>.json`` where there is none,
+    as the reader takes them)."""
     from ..data.coco import CocoDataset
 
     ann_file = Path(root) / "annotations" / f"instances_{split}.json"
-    if not ann_file.exists():
+    if not ann_file.exists() and not ann_file.with_name(f"person_keypoints_{split}.json").exists():
         raise UserError(f"{ann_file}: annotation file not found "
                         f"(expected COCO layout: <data>/annotations/instances_<split>.json and <data>/<split>/)")
     dataset = CocoDataset(root, split)
     if len(dataset) == 0:
-        raise UserError(f"{ann_file}: the '{split}' split has no images (\"images\" is empty)")
+        raise UserError(f"{dataset.ann_file}: the '{split}' split has no images (\"images\" is empty)")
     return dataset
 
 

@@ -1,5 +1,5 @@
-"""The ablations' picture: per metric (AP, AP50, AP75; mask and/or box), our mean over seeds as a bar with each
-seed's value as a dot, and the paper's number as a hatched bar beside it. Drawn into a new
+"""The ablations' picture: per metric (AP, AP50, AP75; mask, box and/or keypoint AP), our mean over seeds as a
+bar with each seed's value as a dot, and the paper's number as a hatched bar beside it. Drawn into a new
 ``matplotlib.figure.Figure`` without pyplot (as :mod:`minimaskrcnn.viz.detections`).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from .detections import PALETTE
 
 STATS = ("AP", "AP50", "AP75")
-METRIC_NAME = {"segm": "mask", "bbox": "box"}
+METRIC_NAME = {"segm": "mask", "bbox": "box", "keypoints": "keypoint"}    # keypoint AP: AP^kp, by OKS
 
 
 def plot_ablation(summary, save_path=None, figsize=None) -> Figure:
@@ -40,10 +40,10 @@ def plot_ablation(summary, save_path=None, figsize=None) -> Figure:
                        label="paper" if i == 0 else None)
         ax.set_xticks(x, [v["name"] for v in variants], rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{METRIC_NAME[m]} {s}", fontsize=10)
-        ax.set_ylabel("COCO AP (%)")
+        ax.set_ylabel("COCO AP, OKS (%)" if m == "keypoints" else "COCO AP (%)")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"{summary['title']}\nours: {summary['iterations']} iterations, {summary['seeds']} seeds; "
+    fig.suptitle(f"{summary['title']}\nours: {summary['iterations']} iterations, {summary['seeds']} seed(s); "
                  f"hatched: the paper", fontsize=10)
     if save_path is not None:
         fig.savefig(save_path, dpi=100)
