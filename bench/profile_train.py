@@ -5,6 +5,12 @@
     python bench/profile_train.py --clock cpu              # CPU time of this process (steadier on a busy machine)
     python bench/profile_train.py --cprofile 25            # also cProfile's 25 most expensive functions (self time)
     python bench/profile_train.py --losses losses.json     # also write every iteration's losses (A/B exactness)
+    python bench/profile_train.py --weights runs/demo/last.npz   # a trained model's iteration (see below)
+
+An iteration of a trained model costs more than one of a fresh model: as the RPN learns, more proposals match
+objects, so more RoIs are positive and the mask branch (RoIAlign 14x14, mask head, 28x28 loss) runs on more of
+them. On the demo, an iteration costs 0.23 s in the first 200 iterations and 0.32 s from iteration 400 on
+(its log.json), so profile the weights the run ends with (``--weights``) to see where the demo's time goes.
 
 Each iteration is what the trainer does (forward_train, zero_grad, backward, SGD step) on a fresh batch of
 shapes images (seed = iteration number), so the RPN's NMS sees changing scores as the weights move. The
@@ -84,12 +90,16 @@ class Timers:
                                 setattr(other, attr, timed)
 
 
-def build(config_name, size, lr):
+def build(config_name, size, lr, weights=None):
     from minimaskrcnn import config
+    from minimaskrcnn.engine.checkpoint import load_checkpoint_model
     from minimaskrcnn.model import build_model
     from minimaskrcnn.nn import SGD
-    cfg = config.get_config(config_name, num_classes=4, min_size=size, max_size=size)
-    model = build_model(cfg)
+    if weights:     # the checkpoint's own config (the demo's: tiny, 3 shape classes + background)
+        model = load_checkpoint_model(weights)
+    else:
+        model = build_model(config.get_config(config_name, num_classes=4, min_size=size, max_size=size))
+    model.train()
     return model, SGD(model.named_parameters(), lr=lr)
 
 
@@ -105,12 +115,13 @@ def main():
                     help="wall: perf_counter; cpu: this process's CPU time (ignores time other processes take)")
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print cProfile's top N by self time")
     ap.add_argument("--losses", metavar="PATH", help="write each timed iteration's losses here (JSON)")
+    ap.add_argument("--weights", metavar="CKPT", help="start from a trained checkpoint (its config; --config ignored)")
     args = ap.parse_args()
 
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     timers = Timers(clock)
     timers.install()
-    model, opt = build(args.config, args.size, args.lr)
+    model, opt = build(args.config, args.size, args.lr, args.weights)
     batches = [shapes_batch(args.batch, args.size, seed=i) for i in range(args.warmup + args.iters)]
 
     def step(images, targets):
@@ -138,7 +149,8 @@ def main():
     n = args.iters
     rows = {k: timers.seconds.get(k, 0.0) for k in CATEGORIES}
     rows["other"] = total - sum(rows.values())
-    report = {"config": args.config, "clock": args.clock, "iters": n, "batch": args.batch, "size": args.size,
+    report = {"config": args.weights or args.config, "clock": args.clock, "iters": n, "batch": args.batch,
+              "size": args.size,
               "seconds_per_iter": round(total / n, 4),
               "breakdown": {k: {"seconds_per_iter": round(v / n, 4), "percent": round(100 * v / total, 1),
                                 "calls_per_iter": round(timers.calls.get(k, 0) / n, 1)}
