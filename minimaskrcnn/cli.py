@@ -6,9 +6,12 @@ run, an output folder that holds a run or cannot be written) end with one line n
 problem and a non-zero exit code; ``--debug`` shows the traceback instead.
 
 ``demo`` and ``train`` run data-parallel when started by ``mpiexec -n N`` (or ``srun``): see
-:mod:`minimaskrcnn.engine.distributed`. Rank 0 prints and writes; an error that every rank meets alike
-(options, set-up) is printed once and every rank exits; an error of one rank (its data, a NaN, a failed
-write) is printed with the rank's number and ends every rank through MPI's abort, so none waits forever.
+:mod:`minimaskrcnn.engine.distributed`. ``demo`` started as one process does that by itself (``--procs``, default
+``auto``: 2 processes on 2 cores; :mod:`minimaskrcnn.engine.launch`): it runs ``mpiexec -n P python -m minimaskrcnn
+demo ... --procs 1``, passes Ctrl-C on, and returns that command's exit code; ``train`` leaves it to the user.
+Rank 0 prints and writes; an error that every rank meets alike (options, set-up) is printed once and every rank
+exits; an error of one rank (its data, a NaN, a failed write) is printed with the rank's number and ends every
+rank through MPI's abort, so none waits forever.
 """
 from __future__ import annotations
 

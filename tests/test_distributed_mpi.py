@@ -119,9 +119,9 @@ def test_demo_procs_2_starts_itself_under_mpiexec(tmp_path):
     by the venv's mpiexec with ``--procs 1``) and writes what a one-process demo writes."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "minimaskrcnn", "demo", "--procs", "2", "--data", str(tmp_path / "shapes"),
-                        "--out", str(tmp_path / "demo"), "--num-train", "8", "--num-val", "2", "--iters", "2"],
-                       capture_output=True, text=True, timeout=LIMIT, env=env, cwd=ROOT)
+    demo = [sys.executable, "-m", "minimaskrcnn", "demo", "--procs", "2", "--data", str(tmp_path / "shapes"),
+            "--out", str(tmp_path / "demo"), "--num-train", "8", "--num-val", "2", "--iters", "2"]
+    p = subprocess.run(demo, capture_output=True, text=True, timeout=LIMIT, env=env, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.startswith("demo: 2 processes x 1 BLAS thread (data-parallel, mpiexec; --procs 1 for one "
                                "process)\n"), p.stdout

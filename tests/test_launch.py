@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -143,8 +142,10 @@ def test_a_failing_trial_launch_is_one_line_and_the_process_ends(monkeypatch):
     monkeypatch.setattr(launch.subprocess, "Popen", Hanging)
     assert launch.probe("/x/mpiexec", 2, timeout=3) == "/x/mpiexec -n 2 did not start 2 Pythons in 3 s"
     assert Hanging.ended == ["terminate"]
-    monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(2, "No "
-                                                                                              "such file or directory")))
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", missing)
     assert launch.probe("/x/mpiexec", 2) == "cannot run /x/mpiexec (No such file or directory)"
 
 

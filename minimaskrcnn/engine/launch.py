@@ -81,7 +81,7 @@ def probe(mpiexec: str, procs: int, timeout: float = PROBE_TIMEOUT) -> str | Non
         _end(proc)
         raise
     if proc.returncode != 0:
-        lines = [line.strip() for line in (out or "").splitlines() if line.strip() and not set(line.strip()) <= set("=")]
+        lines = [line.strip() for line in (out or "").splitlines() if line.strip().strip("=")]   # no ==== rules
         last = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "no output")
         return f"{mpiexec} -n {procs} failed (exit code {proc.returncode}: {last[:200]})"
     return None
