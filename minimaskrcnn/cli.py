@@ -6,9 +6,12 @@ run, an output folder that holds a run or cannot be written) end with one line n
 problem and a non-zero exit code; ``--debug`` shows the traceback instead.
 
 ``demo`` and ``train`` run data-parallel when started by ``mpiexec -n N`` (or ``srun``): see
-:mod:`minimaskrcnn.engine.distributed`. Rank 0 prints and writes; an error that every rank meets alike
-(options, set-up) is printed once and every rank exits; an error of one rank (its data, a NaN, a failed
-write) is printed with the rank's number and ends every rank through MPI's abort, so none waits forever.
+:mod:`minimaskrcnn.engine.distributed`. ``demo`` started as one process does that by itself (``--procs``, default
+``auto``: 2 processes on 2 cores; :mod:`minimaskrcnn.engine.launch`): it runs ``mpiexec -n P python -m minimaskrcnn
+demo ... --procs 1``, passes Ctrl-C on, and returns that command's exit code; ``train`` leaves it to the user.
+Rank 0 prints and writes; an error that every rank meets alike (options, set-up) is printed once and every rank
+exits; an error of one rank (its data, a NaN, a failed write) is printed with the rank's number and ends every
+rank through MPI's abort, so none waits forever.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ __all__ = ["DEFAULT_DATA", "DEFAULT_OUT", "UserError", "main", "make_parser"]
 def cmd_demo(args):
     from .data.poses import ensure_poses_dataset
     from .data.shapes import ensure_shapes_dataset
+    from .engine.distributed import launched_size
     from .engine.inference import evaluate_model
     from .engine.run import (check_run_folder, open_dataset, resume_config, run_config, save_plots, train_model,
                              writable_folder)
@@ -34,11 +38,22 @@ def cmd_demo(args):
     keypoints = args.task == "keypoints"             # paper §5: the pose set and the keypoint model
     args.data = args.data or str(DEFAULT_DATA.parent / "poses" if keypoints else DEFAULT_DATA)
     args.out = args.out or str(DEFAULT_OUT.parent / "demo_keypoints" if keypoints else DEFAULT_OUT)
+    name = "tiny_keypoints" if keypoints else "tiny"
     comm = args.comm
     main_rank = comm.rank == 0
     say = _printer(comm)
     check_run_folder(args.out, args.resume, args.force)
+    launch = None
+    if launched_size()[0] == 1:     # not started by mpiexec: --procs may start the demo in several processes
+        from .engine.launch import batch_of_run, plan_processes
+        batch = batch_of_run(name, Path(args.out) / "last.npz" if args.resume else None)
+        launch = plan_processes(args.procs, batch, args.device, args.threads)
     writable_folder(args.out)
+    if launch is not None:
+        from .engine.launch import relaunch_command, relaunch_env, run_passing_signals, start_line
+        print(start_line(launch, args.threads), flush=True)
+        if launch.procs > 1:        # the ranks do the work (rank 0 prints and writes); this process only waits
+            return run_passing_signals(relaunch_command(launch, args.argv), env=relaunch_env())
     ensure = ensure_poses_dataset if keypoints else ensure_shapes_dataset
     if main_rank:        # one rank generates the data; the others wait, then find it complete
         root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=True, report=say)
@@ -46,7 +61,6 @@ def cmd_demo(args):
     if not main_rank:
         root = ensure(args.data, num_train=args.num_train, num_val=args.num_val, progress=False)
     train_set, val_set = open_dataset(root, "train"), open_dataset(root, "val")
-    name = "tiny_keypoints" if keypoints else "tiny"
     if args.resume:
         config, _ = resume_config(Path(args.out) / "last.npz", train_set.class_names, iters=args.iters)
     else:
@@ -141,6 +155,15 @@ def cmd_ablate(args):
     main_args(args)
 
 
+def _procs(value: str):
+    """``--procs``: 'auto' or a positive number."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"'auto' or a positive number, not {value!r}")
+    return int(value)
+
+
 def make_parser():
     p = argparse.ArgumentParser(prog="python -m minimaskrcnn", description="Mask R-CNN in NumPy.")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -169,10 +192,17 @@ def make_parser():
     d.add_argument("--num-train", type=int, default=2000)
     d.add_argument("--num-val", type=int, default=200)
     d.add_argument("--checkpoint-every", type=int, default=250)
+    d.add_argument("--procs", type=_procs, default="auto",
+                   help="processes training data-parallel, each with --threads BLAS threads (default auto: as many "
+                        "as the cores allow and divide the batch of 4, started through mpiexec; 1 where mpi4py, "
+                        "mpiexec or a trial launch is missing, or with --device cuda)")
     run_options(d)
     common(d)
 
-    t = sub.add_parser("train", help="train on a COCO-format folder")
+    t = sub.add_parser("train", help="train on a COCO-format folder",
+                       description="Train on a COCO-format folder, in this process. Data-parallel on N processes: "
+                                   "mpiexec -n N python -m minimaskrcnn train ... (the demo does this by itself: "
+                                   "demo --procs).")
     t.add_argument("--data", required=True, help="folder with annotations/instances_<split>.json and <split>/")
     t.add_argument("--config", default=None, help="tiny (default) | resnet18_fpn | r50_fpn | r50_c4; "
                                                   "with --resume: the checkpoint's")
@@ -268,7 +298,7 @@ def main(argv=None) -> int:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         with blas_threads(args.threads):
-            COMMANDS[args.command](args)
+            code = COMMANDS[args.command](args)
     except (UserError, DistributedError, DatasetError, CheckpointError, TrainingDiverged, FileNotFoundError,
             FileExistsError, FloatingPointError) as e:
         if getattr(args, "debug", False) and args.comm.size == 1:
@@ -281,8 +311,9 @@ def main(argv=None) -> int:
         if args.comm.size > 1 and not every_rank:
             args.comm.abort(1)          # the other ranks may be waiting for this one in a collective
         return 1
-    except KeyboardInterrupt:
-        print(f"\nminimaskrcnn {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:        # (under mpiexec every rank gets the Ctrl-C: rank 0 says it)
+        if launched_rank() == 0:
+            print(f"\nminimaskrcnn {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception:
         if args.comm.size > 1:      # a bug on one rank: show it, then end every rank instead of a hang
@@ -290,4 +321,4 @@ def main(argv=None) -> int:
             traceback.print_exc()
             args.comm.abort(1)
         raise
-    return 0
+    return code if args.command == "demo" and isinstance(code, int) else 0   # the demo's ranks' exit code

@@ -2,13 +2,15 @@
 
 2 ranks train like one process (the tolerances are test_distributed.assert_same_training's), a killed rank or
 a failing one ends the run in bounded time instead of a hang, the one-line errors of bad set-ups, and the
-commands (demo, train, resume with another number of ranks) under mpiexec. Skipped, saying why, where mpi4py
-or mpiexec is missing; the test command's requirements (``-e .[dev,mpi]``) install both.
+commands (demo, train, resume with another number of ranks) under mpiexec, ``demo --procs 2`` starting itself
+under mpiexec, and a Ctrl-C reaching every rank. Skipped, saying why, where mpi4py or mpiexec is missing; the test
+command's requirements (``-e .[dev,mpi]``) install both.
 """
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -112,9 +114,44 @@ def test_train_under_mpiexec_then_resume_in_one_process(shapes, tmp_path):
         assert abs(log["losses"][0][k] - v) <= 1e-5 * abs(v), k
 
 
-def test_demo_under_mpiexec(tmp_path):
-    code, out, err, _ = mpiexec(sys.executable, "-m", "minimaskrcnn", "demo", "--data", str(tmp_path / "shapes"),
-                                "--out", str(tmp_path / "demo"), "--num-train", "8", "--num-val", "2",
-                                "--iters", "2")
-    assert code == 0, out + err
-    assert out.count("mask AP") == 1 and (tmp_path / "demo" / "metrics.json").exists()
+def test_demo_procs_2_starts_itself_under_mpiexec(tmp_path):
+    """``demo --procs 2``, started as one process, runs as 2 ranks (the demo under mpiexec: the ranks are started
+    by the venv's mpiexec with ``--procs 1``) and writes what a one-process demo writes."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    demo = [sys.executable, "-m", "minimaskrcnn", "demo", "--procs", "2", "--data", str(tmp_path / "shapes"),
+            "--out", str(tmp_path / "demo"), "--num-train", "8", "--num-val", "2", "--iters", "2"]
+    p = subprocess.run(demo, capture_output=True, text=True, timeout=LIMIT, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.startswith("demo: 2 processes x 1 BLAS thread (data-parallel, mpiexec; --procs 1 for one "
+                               "process)\n"), p.stdout
+    assert p.stdout.count("data-parallel: 2 processes, 2 images each per batch") == 1     # rank 0 alone prints
+    assert p.stdout.count("mask AP") == 1 and p.stdout.count("demo: ") == 1              # the ranks do not relaunch
+    assert sorted(f.name for f in (tmp_path / "demo").iterdir()) == [
+        "bbox_results.json", "last.npz", "log.json", "losses.png", "metrics.json", "pr_bbox.png", "pr_segm.png",
+        "predictions.png", "segm_results.json"]
+    assert len(json.loads((tmp_path / "demo" / "log.json").read_text())["losses"]) == 2
+
+
+def test_ctrl_c_reaches_every_rank_through_mpiexec(tmp_path):
+    """What ``demo --procs 2`` does on a Ctrl-C: the waiting process passes SIGINT to mpiexec once, mpiexec to
+    every rank (each ends as one process would), and the exit code comes back."""
+    rank = ("import os, sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+            "except KeyboardInterrupt:\n    print('rank', os.environ['PMI_RANK'], 'interrupted', flush=True)\n"
+            "    sys.exit(130)\n")
+    parent = ("import sys\nfrom minimaskrcnn.engine.launch import run_passing_signals\n"
+              f"code = run_passing_signals([{MPIEXEC!r}, '-n', '2', sys.executable, '-c', {rank!r}])\n"
+              "print('returns', code, flush=True)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         env=env)
+    try:
+        assert [p.stdout.readline().strip() for _ in range(2)] == ["ready", "ready"]
+        t0 = time.perf_counter()
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert time.perf_counter() - t0 < 20
+    assert "rank 0 interrupted" in out and "rank 1 interrupted" in out and out.rstrip().endswith("returns 130"), out
