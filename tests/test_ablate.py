@@ -125,14 +125,20 @@ def test_demo_set_parameters_are_unchanged_and_hard_kind_is_recorded(tmp_path):
 
 # ---- planning and statistics ------------------------------------------------------------------------------------
 def test_plan_shares_equal_configs_and_gives_each_table_its_seeds():
-    names = ("__background__",) + HARD_NAMES
-    runs, layout = ab.plan_runs(TABLE_ORDER, {"hard": ab.TableData("data/shapes_hard", names)})
-    # 2c's three seeds include 2b's and §4.2's two: the same config, the same runs
-    assert layout["2c"]["RoIAlign (avg)"][:2] == layout["2b"]["sigmoid"] == layout["agnostic"]["class-specific"]
+    hard = ab.TableData("data/shapes_hard", ("__background__",) + HARD_NAMES, fingerprint="h")
+    easy = ab.TableData("data/shapes_192", ("__background__", "circle", "rectangle", "triangle"), fingerprint="e")
+    runs, layout = ab.plan_runs(TABLE_ORDER, {"hard": hard, "shapes": easy})
+    # 2b's sigmoid is §4.2's class-specific model (same config, same data: the same runs), 2e's FCN Table 3's
+    assert layout["2b"]["sigmoid"] == layout["agnostic"]["class-specific"]
     assert layout["2e"]["FCN"] == layout["3"]["Mask R-CNN"]
+    # 2c's RoIAlign (avg) is the same config on other data: other runs
+    assert not set(layout["2c"]["RoIAlign (avg)"]) & set(layout["2b"]["sigmoid"])
+    assert {runs[r]["data"] for r in layout["2b"]["softmax"]} == {"data/shapes_hard"}
+    assert {runs[r]["data"] for t in ("2c", "2d", "2e", "3") for ids in layout[t].values() for r in ids} == \
+        {"data/shapes_192"}
     assert len(layout["2c"]["RoIPool (max)"]) == len(layout["2d"]["RoIPool"]) == 3
     assert len(layout["2b"]["softmax"]) == len(layout["3"]["Mask R-CNN"]) == 2
-    assert len(runs) == 15 + 6 + 2 + 2 + 4 + 2
+    assert len(runs) == 15 + 6 + 4 + 2 + 4 + 2
     pool, align = (runs[layout["2d"][v][0]]["config"] for v in ("RoIPool", "RoIAlign"))
     assert {k for k in pool if pool[k] != align[k]} == {"roi_op"}      # nothing else differs between variants
     assert pool["architecture"] == "c5" and runs[layout["2c"]["RoIPool (max)"][0]]["config"]["architecture"] == "c4"
@@ -216,7 +222,7 @@ def test_table6_is_planned_on_the_pose_set_with_its_keypoints_and_is_not_in_all(
     assert (poses["num_train"], poses["num_val"]) == (demo.num_train, demo.num_val)
     assert TABLES["6"].data == "poses" and DATASETS["poses"]["image_size"] == poses["image_size"] == 128
     names = tuple(COCO_PERSON_KEYPOINTS[:5])
-    data = {"hard": ab.TableData("h", ("__background__",) + HARD_NAMES, fingerprint="h"),
+    data = {"shapes": ab.TableData("h", ("__background__",) + HARD_NAMES, fingerprint="h"),
             "poses": ab.TableData("p", ("__background__", "person"), (names, ((1, 2), (2, 3))), "p", 128)}
     runs, layout = ab.plan_runs(["2d", "6"], data)
     pool, align = (runs[layout["6"][v][0]] for v in ("RoIPool", "RoIAlign"))

@@ -227,8 +227,8 @@ def run_all(runs, out_dir, device="cpu", jobs=1, threads=1, progress=True, repor
 
 # ---- the data ---------------------------------------------------------------------------------------------------
 def ensure_data(data=None, kind="hard", report=print):
-    """The given COCO-format folder, or the built-in set of this kind (``DATASETS``: 'hard', the hard shapes
-    set, or 'poses', the pose set), generated on first use."""
+    """The given COCO-format folder, or the built-in set of this kind (``DATASETS``: 'shapes', the demo's shapes
+    at 192 px, 'hard', the hard shapes set, or 'poses', the pose set), generated on first use."""
     if data is not None:
         return Path(data)
     spec = DATASETS[kind]
@@ -238,7 +238,8 @@ def ensure_data(data=None, kind="hard", report=print):
     from ..data.shapes import ensure_shapes_dataset
     from ..data.shapes_hard import HARD_DEFAULTS
 
-    return ensure_shapes_dataset(Path(spec["folder"]), **{**HARD_DEFAULTS, **spec["params"]}, report=report)
+    defaults = HARD_DEFAULTS if spec["params"].get("kind") == "hard" else {}
+    return ensure_shapes_dataset(Path(spec["folder"]), **{**defaults, **spec["params"]}, report=report)
 
 
 def table_data(root, kind="hard", tables=()) -> TableData:
