@@ -344,5 +344,77 @@ as in the paper, with objects of 15–90 px on 192 px images: a few feature cell
 """)
 
 
+md(r"""
+### Answer key
+
+A worked solution of the questions (a release for students replaces it by a stub: try them first). It trains
+nothing: each answer is reasoning checked by a small computation.
+""")
+
+code(r"""
+### BEGIN SOLUTION
+from minimaskrcnn.ops.roi_pool import roi_pool_cells  # noqa: E402
+
+
+def square(x, y, size, n=192):
+    m = np.zeros((n, n), bool)
+    m[y:y + size, x:x + size] = True
+    return m
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+# 1. Rounding 1: RoIPool reads the cells round(x1 / 32) .. round(x2 / 32), so each edge of the RoI moves to the
+#    nearest grid line, by up to 16 px (half a cell): 107% of a 15 px object, 53% of a 30 px one, 18% of a
+#    90 px one. (The end cell is included, so the window read also reaches one cell further right and down: a
+#    constant 32 px that a head can learn; the rounding's +-16 px changes with the position and cannot be.)
+#    A perfect head that predicts the mask in the rounded window, pasted into the true box, is off by that much:
+for size in (15, 30, 90):
+    a = square(40, 40, size)
+    print(f"1. {size:2d} px square: 16 px is {16 / size:4.0%} of it; IoU with itself moved 16 px in x "
+          f"{iou(a, square(56, 40, size)):.3f}, in x and y {iou(a, square(56, 56, size)):.3f}")
+assert np.isclose(iou(square(40, 40, 30), square(56, 40, 30)), 14 * 30 / (2 * 30 * 30 - 14 * 30))
+assert np.isclose(iou(square(40, 40, 30), square(56, 56, 30)), 14 * 14 / (2 * 30 * 30 - 14 * 14))
+#    The 30 px square: IoU 0.30 (0.12 moved in x and y), a miss even at AP50. Rounding 2: the RoI's whole
+#    cells are split into 7 bins with floor / ceil edges. A 30 px object covers 1-2 cells at stride 32, so the
+#    7 bins repeat the same 1 or 2 cells: nothing of the object's shape inside the RoI survives.
+rows_, cols_ = roi_pool_cells((40, 40, 70, 70), 7, 1 / 32, 6, 6)
+print("   the 30 px square at x = 40..70: its 7 bins read the feature columns",
+      [list(range(lo, hi)) for lo, hi in cols_], "(pixels 32..96)")
+assert [list(range(lo, hi)) for lo, hi in cols_] == [[1], [1], [1], [1, 2], [2], [2], [2]]
+
+# 2. Where an object of class B lies over the object of a RoI of class A, its pixels' target is "not A's
+#    object". Sigmoid: only channel A has a loss there, d/dz_A = sigmoid(z_A), whatever the other channels
+#    hold, and channel B is not trained in A's RoI at all: the box branch has chosen the class, the mask only
+#    answers "this object or not". Softmax (target: background there): d/dz_c = p_c - y_c with p the softmax
+#    over all channels, so the gradient of A's mask depends on B's logit, and A is pushed down only relative
+#    to the others: where B is confident, A's mask learns nearly nothing. Channel B is pushed *down* on B's
+#    own pixels here, while B's RoI trains it up on the same pixels: the classes fight over the overlap.
+for z_b in (0.0, 4.0):
+    z = np.array([0.0, 2.0, z_b])                     # logits of background, A, B at one such pixel
+    p = np.exp(z) / np.exp(z).sum()
+    print(f"2. z_A = 2, z_B = {z_b:.0f}: softmax gradient on A {p[1]:.3f}, on B {p[2]:.3f}; "
+          f"sigmoid gradient on A {1 / (1 + np.exp(-2.0)):.3f}, on B 0")
+#    Without another class in the RoI, the softmax over {background, A} is a sigmoid of z_A - z_bg, and the two
+#    losses hardly differ: the harm is concentrated where classes overlap, on the boundary between the two
+#    objects, which the high IoU thresholds (AP75) measure.
+
+# 3. Eq. 1 depends on sqrt(wh) / 224 only: images scaled by 800/128 map like the canonical size scaled by
+#    128/800, 224 * 128 / 800 = 35.84 px (equivalently k0 = 4 + log2(800 / 128) = 6.64 with 224). Then P3
+#    starts at 17.9 px, P4 at 35.8 px and P5 at 71.7 px, which only the largest boxes reach (objects 10-60 px).
+canonical = 224 * 128 / 800
+mapper_small = LevelMapper(2, 5, canonical_scale=canonical)
+levels_small = mapper_small(rois) + 2
+levels_800 = mapper(rois * np.array([1, 800 / 128, 800 / 128, 800 / 128, 800 / 128], np.float32)) + 2
+for name, lv in ((f"canonical {canonical:.2f}, 128 px images", levels_small),
+                 ("canonical 224, 800 px images", levels_800)):
+    print(f"3. {name}: " + ", ".join(f"P{k} {np.sum(lv == k)} ({np.mean(lv == k):.0%})" for k in range(2, 6)))
+assert np.mean(levels_small == levels_800) > 0.99     # the same levels, up to float round-off at a boundary
+### END SOLUTION
+""")
+
+
 if __name__ == "__main__":
     NB.write()

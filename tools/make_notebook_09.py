@@ -298,4 +298,224 @@ md("""
 3. Drop the bilinear upsampling (28 × 28 maps): how much keypoint AP does the resolution buy on 128 px images?
 """)
 
+md(r"""
+### Answer key
+
+A worked solution of the exercises (a release for students replaces it by a stub: try them first). Exercises
+1 and 3 ask for training runs, about 12 minutes each on 2 quiet cores (1,300 iterations at the keypoint demo's
+0.53 s): the cell defines them but runs them only with `TRAIN_EXERCISES = True` (set in the cell); by default
+it computes what can be computed without training and says what the runs are expected to show. Exercise 2
+reads the committed Table 6.
+""")
+
+code(r"""
+### BEGIN SOLUTION
+import contextlib  # noqa: E402
+from unittest import mock  # noqa: E402
+
+from minimaskrcnn.backend import get_xp  # noqa: E402
+from minimaskrcnn.data.poses import ensure_poses_dataset  # noqa: E402
+from minimaskrcnn.engine.ablate_tables import DATASETS, ITERS  # noqa: E402
+from minimaskrcnn.engine.inference import evaluate_model  # noqa: E402
+from minimaskrcnn.model.keypoint_head import KeypointRCNNPredictor  # noqa: E402
+from minimaskrcnn.nn.losses import (binary_cross_entropy_with_logits_backward,  # noqa: E402
+                                    binary_cross_entropy_with_logits_forward)
+from minimaskrcnn.ops.poolers import LevelMapper  # noqa: E402
+
+TRAIN_EXERCISES = False      # True: train the 3 runs of exercises 1 and 3 (1,300 iterations each, ~40 min in all)
+EXERCISE_ITERS = ITERS["6"]  # the keypoint demo's schedule, as Table 6's runs
+
+
+# 1. Per-pixel sigmoids against the one-hot map, divided by the number of labelled keypoints as the softmax
+#    loss is (only the loss's shape changes, not its scale).
+def keypoint_bce_loss_forward(keypoint_logits, heatmaps, valid, normalizer=None):
+    xp = get_xp(keypoint_logits)
+    P, K, M, _ = keypoint_logits.shape
+    rows = xp.nonzero(valid.reshape(-1))[0]                           # the labelled keypoints' maps
+    if rows.size == 0:
+        return 0.0, (None, keypoint_logits.shape, keypoint_logits.dtype, rows)
+    onehot = xp.zeros((rows.size, M * M), keypoint_logits.dtype)
+    onehot[xp.arange(rows.size), heatmaps.reshape(-1)[rows]] = 1
+    loss, cache = binary_cross_entropy_with_logits_forward(keypoint_logits.reshape(P * K, M * M)[rows], onehot,
+                                                           normalizer=rows.size if normalizer is None else normalizer)
+    return loss, (cache, keypoint_logits.shape, keypoint_logits.dtype, rows)
+
+
+def keypoint_bce_loss_backward(dloss, cache):
+    bce_cache, shape, dtype, rows = cache
+    xp = get_xp(rows)
+    d = xp.zeros((shape[0] * shape[1], shape[2] * shape[3]), dtype)
+    if bce_cache is not None:
+        d[rows] = binary_cross_entropy_with_logits_backward(dloss, bce_cache)
+    return d.reshape(shape)
+
+
+lg = np.random.default_rng(1).standard_normal((2, 3, 8, 8))
+tc, tv = np.array([[5, 17, 0], [63, 2, 40]]), np.array([[True, True, False], [True, False, True]])
+err = check_gradient(lambda _: keypoint_bce_loss_forward(lg, tc, tv)[0], lg,
+                     keypoint_bce_loss_backward(1.0, keypoint_bce_loss_forward(lg, tc, tv)[1]))
+print(f"1. per-pixel sigmoid keypoint loss: gradient check, relative error {err:.1e}")
+assert err < 1e-7
+#    The two gradients on one 56 x 56 map at zero logits (the start of training), true cell in the middle:
+zero, target, one = np.zeros((1, 1, 56, 56)), np.array([[28 * 56 + 28]]), np.ones((1, 1), bool)
+g_soft = keypointrcnn_loss_backward(1.0, keypointrcnn_loss_forward(zero, target, one)[1]).reshape(-1)
+g_bce = keypoint_bce_loss_backward(1.0, keypoint_bce_loss_forward(zero, target, one)[1]).reshape(-1)
+others = np.arange(56 * 56) != target[0, 0]
+for name, g in (("softmax over m^2", g_soft), ("per-pixel sigmoid", g_bce)):
+    print(f"   {name}: gradient on the true cell {g[~others][0]:+.4f}, on each other cell {g[others][0]:+.5f}, "
+          f"on the 3,135 others together {g[others].sum():+.1f}")
+assert abs(g_soft.sum()) < 1e-12 and np.isclose(g_bce[others].sum(), -3135 * g_bce[~others][0])
+#    The softmax's gradient sums to zero over the map: what the true cell gains, the others lose; the normaliser
+#    makes the cells compete, and the loss is small only once one cell stands out above all the others
+#    (exactly one location wins). The sigmoids' gradients are independent: the 3,135 negatives push down 3,135
+#    times as hard as the one positive pulls up, so the loss is dominated by "low everywhere" (it would need a
+#    positive weight near m^2 to balance), and nothing asks the true cell to beat its neighbours, only to be
+#    high by itself: a low, wide peak whose argmax wanders among similar cells. Expected (not measured here):
+#    lower keypoint AP with sigmoids, more at AP75 than at AP50.
+
+# 3 (and the runs of 1). Without the bilinear upsampling: up_scale = 1 makes upsample_bilinear_forward the
+#    identity, and the RoI heads size the targets by it (M = up_scale * 2 * 14): 28 x 28 maps and targets.
+class KeypointRCNNPredictor28(KeypointRCNNPredictor):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.up_scale = 1
+
+
+VARIANTS = {  # each variant: what is patched into the model's modules while it is built and trained
+    "softmax, 56 x 56 (the paper)": {},
+    "sigmoids, 56 x 56 (exercise 1)": {
+        "minimaskrcnn.model.roi_heads.keypointrcnn_loss_forward": keypoint_bce_loss_forward,
+        "minimaskrcnn.model.roi_heads.keypointrcnn_loss_backward": keypoint_bce_loss_backward},
+    "softmax, 28 x 28 (exercise 3)": {"minimaskrcnn.model.mask_rcnn.KeypointRCNNPredictor": KeypointRCNNPredictor28},
+}
+
+
+def train_variant(changes, train_set, val_set, out_dir, iters=EXERCISE_ITERS):
+    # tiny_keypoints (seed 0) trained with `changes` patched in (undone afterwards), scored by keypoint AP
+    with contextlib.ExitStack() as stack:
+        for where, replacement in changes.items():
+            stack.enter_context(mock.patch(where, replacement))
+        cfg = run_config(train_set.class_names, "tiny_keypoints", iters=iters,
+                         keypoints=(train_set.keypoint_names, train_set.skeleton))
+        trained, _ = train_model(cfg, train_set, out_dir, progress=True, checkpoint_every=iters)
+    scores_, _, _ = evaluate_model(trained, val_set, verbose=False, progress=False, keep_masks=0)
+    return scores_["keypoints"]
+
+
+if TRAIN_EXERCISES:   # the keypoint demo's pose set (reused if the demo made it), one seed per variant
+    pose_root = ensure_poses_dataset(REPO / DATASETS["poses"]["folder"], **DATASETS["poses"]["params"])
+    pose_train, pose_val = CocoDataset(pose_root, "train"), CocoDataset(pose_root, "val")
+    runs_dir = Path(tempfile.mkdtemp(prefix="nb09_exercises_"))
+    for i, (name, changes) in enumerate(VARIANTS.items()):
+        s = train_variant(changes, pose_train, pose_val, runs_dir / f"run{i}")
+        print(f"{name}: keypoint AP {100 * s['AP']:.1f}, AP50 {100 * s['AP50']:.1f}, AP75 {100 * s['AP75']:.1f}")
+    shutil.rmtree(runs_dir, ignore_errors=True)
+    print("one seed each: compare the gaps with Table 6's seed spread (exercise 2) before reading anything in them")
+else:
+    print("   (TRAIN_EXERCISES = False: the runs of exercises 1 and 3 are defined above, not run)")
+
+# What needs no training: every person of this notebook's pose set (train and val: the annotations stay in
+# memory after the files were removed), its box, area (the OKS scale s^2) and keypoints; and a *perfect* head,
+# which puts each keypoint in the right cell of the window it reads, decoded at that cell's centre in the box.
+persons = [a for ds in (train, val) for a in ds.coco.loadAnns(ds.coco.getAnnIds())]
+kps = np.array([a["keypoints"] for a in persons], np.float64).reshape(len(persons), -1, 3)
+xywh = np.array([a["bbox"] for a in persons], np.float64)
+pboxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+areas = np.array([a["area"] for a in persons], np.float64)
+k2 = (2 * np.asarray(COCO_PERSON_SIGMAS)) ** 2
+lo, size = pboxes[:, None, :2], pboxes[:, None, 2:] - pboxes[:, None, :2]
+inside = (kps[..., 2] > 0) & np.all((kps[..., :2] >= lo) & (kps[..., :2] <= lo + size), axis=-1)
+
+
+def perfect_head(window, m):
+    # each keypoint's cell on the m x m grid of `window` (what the head reads), decoded in the true box
+    w_lo, w_size = window[:, None, :2], window[:, None, 2:] - window[:, None, :2]
+    cell = np.clip(np.floor((kps[..., :2] - w_lo) * m / w_size), 0, m - 1)
+    return lo + (cell + 0.5) * size / m
+
+
+def person_oks(pred):
+    # COCO's OKS per person over its labelled keypoints inside its box
+    e = np.exp(-((pred - kps[..., :2]) ** 2).sum(-1) / (2 * areas[:, None] * k2))
+    return np.array([row[use].mean() for row, use in zip(e, inside)])
+
+
+def ap_bound(oks_values):
+    # the AP of a detector that finds every person, with these keypoints, ranked by their OKS: at each
+    # threshold t its precision is 1 up to the share of persons with OKS >= t, so AP_t is that share
+    return np.mean([np.mean(oks_values >= t) for t in np.linspace(0.5, 0.95, 10)])
+
+
+# 2. Reading Table 6 (section 7): a gap is evidence only where it exceeds the seed spread (the larger range over
+#    seeds of the two variants); then compare the gap at AP75 with the one at AP50, and the gap over all persons
+#    with the one over the larger ones (APm: area >= 32^2 px^2; keypoint AP has no APs, and ours has no APl).
+def signed(x):
+    return "-" if x is None else f"{x:+.1f}"
+
+
+def read_table6(rec):
+    if "6" not in rec.get("tables", {}):
+        print(f"2. no Table 6 in {ABLATIONS} yet: python -m minimaskrcnn ablate --table 6 --jobs 2 "
+              "--out results/ablations, then run this cell again")
+        return
+    t6 = rec["tables"]["6"]
+    for stat, g in ((s, t6["comparisons"][0]["gaps"][f"keypoints {s}"]) for s in ("AP", "AP50", "AP75")):
+        verdict = "no spread to judge" if g["counts"] is None else (
+            "beyond the seed spread" if g["counts"] else "within the seed spread")
+        print(f"2. keypoint {stat}: RoIAlign - RoIPool {signed(g['ours'])} (paper {signed(g['paper'])}); seed "
+              f"spread {g['spread']}: {verdict}")
+    apm = {v["name"]: [rec["runs"][r]["keypoints"]["APm"] for r in v["runs"]] for v in t6["variants"]}
+    if all(x is not None for xs in apm.values() for x in xs):
+        gap_m = np.mean(apm["RoIAlign"]) - np.mean(apm["RoIPool"])
+        print(f"   APm (the larger persons): RoIAlign - RoIPool {signed(gap_m)}, per seed {apm}; a gap over all"
+              " persons larger than this one says the smaller persons lose more")
+
+
+read_table6(record)
+#    Which persons should lose most: the small ones. Every person here is under 112 px (sqrt(wh)), so Eq. 1 sends
+#    it to P2: RoIPool rounds its RoI to the same 4 px grid whatever its size, an error of a fixed number of
+#    pixels, while OKS's tolerance grows with the person's scale s. (In an FPN the RoIs of 112-448 px get a
+#    coarser level as they grow, a rounding of a roughly constant share of their size: the smallest lose most.)
+#    RoIPool's first rounding (the RoI to the grid; the bins' rounding adds more), for a perfect head that
+#    puts each keypoint where it is in the window it reads, by area (an upper bound of the harm: a trained head
+#    sees context around the window and can compensate in part):
+strides = 2.0 ** (LevelMapper(2, 5)(np.concatenate([np.zeros((len(pboxes), 1)), pboxes], axis=1)) + 2)
+pooled_window = np.floor(pboxes / strides[:, None] + 0.5) * strides[:, None]              # round half up
+pooled_window[:, 2:] = np.maximum(pooled_window[:, 2:], pooled_window[:, :2] + strides[:, None])
+oks_align, oks_pool = person_oks(perfect_head(pboxes, 56)), person_oks(perfect_head(pooled_window, 56))
+print(f"   levels read: {sorted(set((np.log2(strides)).astype(int).tolist()))} (P2 = stride 4)")
+for name, group in (("area < 32^2", areas < 32 ** 2), ("area >= 32^2", areas >= 32 ** 2)):
+    if group.any():
+        print(f"   {name} ({group.sum():2d} persons): perfect head, mean OKS aligned {oks_align[group].mean():.3f}, "
+              f"behind RoIPool's rounding {oks_pool[group].mean():.3f}; AP bound {100 * ap_bound(oks_align[group]):.0f}"
+              f" -> {100 * ap_bound(oks_pool[group]):.0f}")
+
+# 3. A keypoint is decoded at its cell's centre: up to half a cell off in x and in y, a cell being the box's
+#    width (height) / m pixels. OKS tolerates, for keypoint i, the distance d where exp(-d^2 / (2 s^2 k_i^2))
+#    falls to 0.5: d = 1.18 s k_i with k_i = 2 sigma_i, s = sqrt(area). The resolution matters where half a
+#    cell is a sizeable part of that: strict keypoints (eyes 0.025, nose 0.026) on small persons.
+cell28, cell56 = np.median(xywh[:, 2:], axis=0) / 28, np.median(xywh[:, 2:], axis=0) / 56
+s_med = np.sqrt(np.median(areas))
+d50 = np.sqrt(2 * np.log(2)) * s_med * 2 * np.asarray(COCO_PERSON_SIGMAS)
+names = list(COCO_PERSON_KEYPOINTS)
+print(f"3. median person: box {np.median(xywh[:, 2]):.0f} x {np.median(xywh[:, 3]):.0f} px, area {s_med ** 2:.0f} px^2"
+      f" ({np.median(areas / xywh[:, 2:].prod(axis=1)):.0%} of its box); cells 28 x 28: {cell28[0]:.2f} x "
+      f"{cell28[1]:.2f} px, 56 x 56: {cell56[0]:.2f} x {cell56[1]:.2f} px; the largest decoding error, half a cell"
+      f" diagonally: {np.hypot(*cell28) / 2:.2f} px and {np.hypot(*cell56) / 2:.2f} px")
+print("   distance at which a keypoint's OKS term is 0.5: " + ", ".join(
+    f"{names[i]} {d50[i]:.1f} px" for i in (names.index("left_eye"), names.index("left_wrist"),
+                                            names.index("left_hip"))))
+oks28, oks56 = person_oks(perfect_head(pboxes, 28)), person_oks(perfect_head(pboxes, 56))
+print(f"   a perfect head's mean OKS: 28 x 28 {oks28.mean():.3f}, 56 x 56 {oks56.mean():.3f}; "
+      f"AP bound {100 * ap_bound(oks28):.0f} vs {100 * ap_bound(oks56):.0f}")
+assert oks56.mean() > oks28.mean()
+#    What the resolution can buy at most, for a head that is otherwise perfect; a trained head's own errors
+#    (a few pixels) come on top and shrink the difference, which is why it needs the run above to measure.
+#    The ratio of a cell to the tolerance, (box / m) / (s k), does not depend on the image's size: it matters as
+#    much at 800 px. Our stick persons are thin (their area is a small part of their box), so their OKS is
+#    stricter for their box size than a COCO person's, and the resolution matters more here.
+### END SOLUTION
+""")
+
+
 NB.write()
