@@ -312,3 +312,45 @@ def test_coco_person_keypoints_files_are_read_and_fingerprinted(smoke_poses, tmp
                                                                    f"person_keypoints_{split}.json")
     d = ab.table_data(root, "poses", ["6"])
     assert d.fingerprint == ab.data_fingerprint(smoke_poses) and len(d.keypoints[0]) == 17
+
+
+def test_workers_end_when_the_ablate_process_is_killed(tmp_path):
+    # A parent ended alone (kill, SIGTERM from a scheduler) must not leave its workers training: each worker
+    # watches its parent (engine.ablate._exit_with_parent). The parent here is killed with SIGKILL, which no
+    # handler of its own could catch.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from minimaskrcnn.engine import ablate\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ablate.worker_pool(1)\n"
+        "    print(pool.submit(os.getpid).result(), flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(ab.__file__).parents[2]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(worker, 0)                                  # the worker is alive while its parent is
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its parent by 15 s")
+    finally:
+        parent.kill()

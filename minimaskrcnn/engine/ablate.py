@@ -188,6 +188,33 @@ def _worker(args):
     return run_one(run_id, spec, out_dir, device, progress=False, threads=threads)
 
 
+def _exit_with_parent(parent_pid, every_s=2.0):
+    """Worker initializer: end this worker when the ``ablate`` process that started it is gone.
+
+    Ctrl-C reaches every process of the terminal's group, but a parent ended alone (``kill``, a closed ssh
+    session, a job scheduler's SIGTERM) would leave its workers training for an hour with nobody to collect
+    their results. Each finished run is already on disk (``result.json``; an unfinished one resumes from its
+    checkpoint), so ending at once loses nothing."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent_pid:
+                os._exit(143)
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def worker_pool(jobs):
+    """``jobs`` worker processes (spawned: a forked child would inherit the parent's BLAS threads mid-state)
+    that end when this process ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+
+
 def run_all(runs, out_dir, device="cpu", jobs=1, threads=1, progress=True, report=print) -> dict:
     """Every run not done yet, ``jobs`` at a time; returns ``{run_id: result}``. Runs already done are read."""
     from tqdm.auto import tqdm
@@ -209,11 +236,9 @@ def run_all(runs, out_dir, device="cpu", jobs=1, threads=1, progress=True, repor
                 results[run_id] = run_one(run_id, runs[run_id], out_dir, device, progress, threads)
                 bar.update(1)
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
 
-            # spawn: a forked child would inherit the parent's BLAS threads mid-state
-            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with worker_pool(jobs) as pool:
                 futures = {pool.submit(_worker, (r, runs[r], str(out_dir), device, 1)): r
                            for r in todo}
                 for f in as_completed(futures):
