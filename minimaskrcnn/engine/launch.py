@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -169,11 +168,12 @@ def batch_of_run(config_name: str, checkpoint=None) -> int:
     """The batch the demo will train with: a resumed checkpoint's (``resume_config`` keeps it), else the
     config's. An unreadable checkpoint gives the config's: the ranks then report it properly."""
     from ..config import get_config
+    from .checkpoint import CheckpointError, read_checkpoint
 
     if checkpoint is not None and os.path.exists(checkpoint):
-        import numpy as np
-        with contextlib.suppress(Exception), np.load(checkpoint, allow_pickle=False) as z:
-            return int(json.loads(str(z["meta.json"]))["config"]["images_per_batch"])
+        with contextlib.suppress(CheckpointError, KeyError, TypeError, ValueError):
+            meta, _, _ = read_checkpoint(checkpoint)
+            return int(meta["config"]["images_per_batch"])
     return get_config(config_name, num_classes=2).images_per_batch
 
 
