@@ -207,9 +207,7 @@ class CocoDataset:
         from pycocotools.coco import COCO
 
         self.root, self.split, self.include_crowd = Path(root), split, include_crowd
-        self.ann_file = self.root / "annotations" / f"instances_{split}.json"
-        if not self.ann_file.exists() and (self.root / "annotations" / f"person_keypoints_{split}.json").exists():
-            self.ann_file = self.root / "annotations" / f"person_keypoints_{split}.json"
+        self.ann_file = annotation_file(self.root, split)
         self.image_dir = self.root / split
         data = _load_json(self.ann_file)
         path = self.ann_file
@@ -336,6 +334,14 @@ class CocoDataset:
             raise IndexError(f"index {i} out of range for a data set of {len(self)} images")
         i = i % len(self)
         return self.load_image(i), self.get_target(i)
+
+
+def annotation_file(root, split) -> Path:
+    """The annotation file of ``split`` under ``root``: ``annotations/instances_<split>.json``, or COCO's
+    ``annotations/person_keypoints_<split>.json`` where only that exists (the former's path if neither does)."""
+    ann = Path(root) / "annotations" / f"instances_{split}.json"
+    keypoints = ann.with_name(f"person_keypoints_{split}.json")
+    return keypoints if not ann.exists() and keypoints.exists() else ann
 
 
 def read_rgb_image(path, context: str = "") -> np.ndarray:

@@ -3,9 +3,10 @@ multi-task effect, Table 6's RoIPool vs RoIAlign for keypoints) trained in minia
 and set beside the paper's numbers.
 
 Each table (:mod:`minimaskrcnn.engine.ablate_tables`) has variants; each variant is trained once per seed from
-scratch on the same data with the same schedule, then scored on the validation split. Tables 2b-3 train on
-the hard shapes set (``data/shapes_hard``), Table 6 on the pose set (``data/poses``, keypoint AP by OKS); each
-built-in set is generated on first use. ``--table all`` is Tables 2b-3 (its 2-hour budget); Table 6 runs on
+scratch on the same data with the same schedule, then scored on the validation split. Tables 2c, 2d, 2e and 3
+train on the demo's shapes drawn at 192 px (``data/shapes_192``), 2b and §4.2 on the hard shapes set
+(``data/shapes_hard``), Table 6 on the pose set (``data/poses``, keypoint AP by OKS); each built-in set is
+generated on first use (``ablate_tables.DATASETS``). ``--table all`` is Tables 2b-3 (its 2-hour budget); Table 6 runs on
 its own, ``--table 6``. What it writes in ``--out``::
 
     runs/<run id>/         one folder per (variant, seed): last.npz, log.json, result.json (written last)
@@ -111,12 +112,11 @@ def plan_runs(tables, data, seeds=None, iters=None, image_size=None):
 def data_fingerprint(root) -> str:
     """A digest of the data's two annotation files (``instances_<split>.json``, or COCO's
     ``person_keypoints_<split>.json`` where there is none): a run's result is only reused on the same data."""
+    from ..data.coco import annotation_file
+
     h = hashlib.sha256()
     for split in ("train", "val"):
-        ann = Path(root) / "annotations" / f"instances_{split}.json"
-        if not ann.exists() and ann.with_name(f"person_keypoints_{split}.json").exists():
-            ann = ann.with_name(f"person_keypoints_{split}.json")
-        with open(ann, "rb") as f:
+        with open(annotation_file(root, split), "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]

@@ -29,10 +29,10 @@ def open_dataset(root, split):
     """The :class:`~minimaskrcnn.data.coco.CocoDataset` of ``split`` under ``root``, with at least one image
     (annotations in ``instances_<split>.json``, or COCO's ``person_keypoints_<split>.json`` where there is none,
     as the reader takes them)."""
-    from ..data.coco import CocoDataset
+    from ..data.coco import CocoDataset, annotation_file
 
-    ann_file = Path(root) / "annotations" / f"instances_{split}.json"
-    if not ann_file.exists() and not ann_file.with_name(f"person_keypoints_{split}.json").exists():
+    ann_file = annotation_file(root, split)
+    if not ann_file.exists():
         raise UserError(f"{ann_file}: annotation file not found "
                         f"(expected COCO layout: <data>/annotations/instances_<split>.json and <data>/<split>/)")
     dataset = CocoDataset(root, split)
