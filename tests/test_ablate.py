@@ -127,15 +127,23 @@ def test_demo_set_parameters_are_unchanged_and_hard_kind_is_recorded(tmp_path):
 def test_plan_shares_equal_configs_and_gives_each_table_its_seeds():
     hard = ab.TableData("data/shapes_hard", ("__background__",) + HARD_NAMES, fingerprint="h")
     easy = ab.TableData("data/shapes_192", ("__background__", "circle", "rectangle", "triangle"), fingerprint="e")
-    runs, layout = ab.plan_runs(TABLE_ORDER, {"hard": hard, "shapes": easy})
+    large = ab.TableData("data/shapes_192_large", easy.class_names, fingerprint="l")
+    runs, layout = ab.plan_runs(TABLE_ORDER, {"hard": hard, "shapes": easy, "large": large})
     # 2b's sigmoid is §4.2's class-specific model (same config, same data: the same runs), 2e's FCN Table 3's
     assert layout["2b"]["sigmoid"] == layout["agnostic"]["class-specific"]
     assert layout["2e"]["FCN"] == layout["3"]["Mask R-CNN"]
     # 2c's RoIAlign (avg) is the same config on other data: other runs
     assert not set(layout["2c"]["RoIAlign (avg)"]) & set(layout["2b"]["sigmoid"])
     assert {runs[r]["data"] for r in layout["2b"]["softmax"]} == {"data/shapes_hard"}
-    assert {runs[r]["data"] for t in ("2c", "2d", "2e", "3") for ids in layout[t].values() for r in ids} == \
+    assert {runs[r]["data"] for t in ("2c", "2e", "3") for ids in layout[t].values() for r in ids} == \
         {"data/shapes_192"}
+    # stride 32: the same generator and image size with larger objects (1-4 cells of C5)
+    assert {runs[r]["data"] for ids in layout["2d"].values() for r in ids} == {"data/shapes_192_large"}
+    shapes, larger = DATASETS["shapes"], DATASETS["large"]
+    assert shapes["image_size"] == larger["image_size"] == 192
+    assert shapes["params"]["object_size"] == (15.0, 90.0) and larger["params"]["object_size"] == (30.0, 120.0)
+    assert {k: v for k, v in shapes["params"].items() if k != "object_size"} == \
+        {k: v for k, v in larger["params"].items() if k != "object_size"}
     assert len(layout["2c"]["RoIPool (max)"]) == len(layout["2d"]["RoIPool"]) == 3
     assert len(layout["2b"]["softmax"]) == len(layout["3"]["Mask R-CNN"]) == 2
     assert len(runs) == 15 + 6 + 4 + 2 + 4 + 2
@@ -222,7 +230,7 @@ def test_table6_is_planned_on_the_pose_set_with_its_keypoints_and_is_not_in_all(
     assert (poses["num_train"], poses["num_val"]) == (demo.num_train, demo.num_val)
     assert TABLES["6"].data == "poses" and DATASETS["poses"]["image_size"] == poses["image_size"] == 128
     names = tuple(COCO_PERSON_KEYPOINTS[:5])
-    data = {"shapes": ab.TableData("h", ("__background__",) + HARD_NAMES, fingerprint="h"),
+    data = {"large": ab.TableData("h", ("__background__",) + HARD_NAMES, fingerprint="h"),
             "poses": ab.TableData("p", ("__background__", "person"), (names, ((1, 2), (2, 3))), "p", 128)}
     runs, layout = ab.plan_runs(["2d", "6"], data)
     pool, align = (runs[layout["6"][v][0]] for v in ("RoIPool", "RoIAlign"))

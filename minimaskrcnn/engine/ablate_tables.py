@@ -17,10 +17,12 @@ agnostic   ResNet-50-C4 (§4.2 text)        ``tiny_c4``                         
 6          ResNet-50-FPN, keypoints (§5)   ``tiny_keypoints`` (FPN)            RoIPool vs RoIAlign
 =========  ==============================  ==================================  ===========================
 
-Tables 2c, 2d, 2e and 3 train on the shapes set of the demo drawn at 192 px (``DATASETS['shapes']``: 3 classes,
-objects of 15-90 px, so at stride 32 an object spans 0.5-3 feature cells); Table 2b and §4.2's class-agnostic
-masks on the hard shapes set (``DATASETS['hard']``: 8 classes, most objects overlapping one of another class,
-192 px), where classes compete inside a RoI, which is what a softmax over classes is about. (The first full run
+Tables 2c, 2e and 3 train on the shapes set of the demo drawn at 192 px (``DATASETS['shapes']``: 3 classes,
+objects of 15-90 px); Table 2d on the same set with objects of 30-120 px (``DATASETS['large']``), which span
+1-4 feature cells at stride 32. (On 15-90 px objects RoIPool's rounding to the 32 px grid already costs many
+objects IoU 0.5, not only 0.75: the first committed run's AP50 and AP75 gaps came out level.) Table 2b and
+§4.2's class-agnostic masks train on the hard shapes set (``DATASETS['hard']``: 8 classes, most objects
+overlapping one of another class, 192 px), where classes compete inside a RoI, which is what a softmax over classes is about. (The first full run
 put every table on the hard set: after 1,200 iterations the stride-32 models reached 2% mask AP, too little
 for any gap to mean much; on the 3-class set the same model reaches 12%.) Table 6 trains on the pose set
 (``DATASETS['poses']``: stick persons with COCO's 17 keypoints, 128 px, the keypoint demo's set) and is scored
@@ -66,7 +68,7 @@ TABLES = {
         _v("RoIPool", {"roi_op": "pool"}, segm=(23.6, 46.5, 21.6), bbox=(28.2, 52.7, 26.9)),
         _v("RoIAlign", {}, segm=(30.9, 51.8, 32.1), bbox=(34.0, 55.3, 36.4)),
     ), (("RoIAlign", "RoIPool"),), 3, "ResNet-50-C5, COCO minival: +7.3 mask AP, +10.5 AP75, +5.8 box AP",
-        data="shapes"),
+        data="large"),
     "2c": Table("2c", "Table 2c: RoI layers at stride 16 (C4 features)", "tiny_c4", ("segm",), (
         _v("RoIPool (max)", {"roi_op": "pool"}, segm=(26.9, 48.8, 26.4)),
         _v("RoIWarp (max)", {"roi_op": "warp", "roi_mode": "max"}, segm=(27.2, 49.2, 27.1)),
@@ -121,6 +123,13 @@ DATASETS = {
     "shapes": {"folder": "data/shapes_192", "params": dict(kind="shapes", num_train=1000, num_val=100, seed=0,
                                                            image_size=IMAGE_SIZE, object_size=(15.0, 90.0)),
                "image_size": IMAGE_SIZE, "keypoints": False},
+    # Table 2d's: the same generator and image size with larger objects (30-120 px: 1-4 cells at stride 32).
+    # On the 15-90 px set most objects span 1-2 cells of C5, where even a perfect head fed RoIPool's rounded
+    # boxes misses IoU 0.5 as often as 0.75, so the AP75 gain that alignment buys has nothing to show on.
+    "large": {"folder": "data/shapes_192_large", "params": dict(kind="shapes", num_train=1000, num_val=100,
+                                                                seed=0, image_size=IMAGE_SIZE,
+                                                                object_size=(30.0, 120.0)),
+              "image_size": IMAGE_SIZE, "keypoints": False},
     "poses": {"folder": "data/poses", "params": dict(num_train=2000, num_val=200, image_size=128, seed=0),
               "image_size": 128, "keypoints": True},
 }
