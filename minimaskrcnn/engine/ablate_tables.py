@@ -17,17 +17,17 @@ agnostic   ResNet-50-C4 (§4.2 text)        ``tiny_c4``                         
 6          ResNet-50-FPN, keypoints (§5)   ``tiny_keypoints`` (FPN)            RoIPool vs RoIAlign
 =========  ==============================  ==================================  ===========================
 
-Tables 2c, 2e and 3 train on the shapes set of the demo drawn at 192 px (``DATASETS['shapes']``: 3 classes,
-objects of 15-90 px); Table 2d on the same set with objects of 30-120 px (``DATASETS['large']``), which span
-1-4 feature cells at stride 32. (On 15-90 px objects RoIPool's rounding to the 32 px grid already costs many
-objects IoU 0.5, not only 0.75: the first committed run's AP50 and AP75 gaps came out level.) Table 2b and
-§4.2's class-agnostic masks train on the hard shapes set (``DATASETS['hard']``: 8 classes, most objects
-overlapping one of another class, 192 px), where classes compete inside a RoI, which is what a softmax over
-classes is about. (The first full run put every table on the hard set: after 1,200 iterations the stride-32 models reached 2% mask AP, too little
-for any gap to mean much; on the 3-class set the same model reaches 12%.) Table 6 trains on the pose set
-(``DATASETS['poses']``: stick persons with COCO's 17 keypoints, 128 px, the keypoint demo's set) and is scored
-with keypoint AP (OKS). ``--table all`` is Tables 2b-3 (``TABLE_ORDER``), which fill its 2-hour budget; Table
-6 is run on its own (``--table 6``, about 25 minutes more with ``--jobs 2``).
+Tables 2c, 2e and 3 train on the shapes set of the demo drawn at 192 px (``DATASETS['shapes']``: 3 classes, objects
+of 15-90 px); Table 2d on the same set with objects of 30-120 px (``DATASETS['large']``), which span 1-4 feature
+cells at stride 32. (On 15-90 px objects RoIPool's rounding to the 32 px grid already costs many objects IoU 0.5,
+not only 0.75: the first committed run's AP50 and AP75 gaps came out level.) Table 2b and §4.2's class-agnostic
+masks train on the hard shapes set (``DATASETS['hard']``: 8 classes, most objects overlapping one of another class,
+192 px), where classes compete inside a RoI, which is what a softmax over classes is about. (The first full run put
+every table on the hard set: after 1,200 iterations the stride-32 models reached 2% mask AP, too little for any gap
+to mean much; on the 3-class set the same model reaches 12%.) Table 6 trains on the pose set (``DATASETS['poses']``:
+stick persons with COCO's 17 keypoints, 128 px, the keypoint demo's set) and is scored with keypoint AP (OKS).
+``--table all`` is Tables 2b-3 (``TABLE_ORDER``), which fill its 2-hour budget; Table 6 is run on its own (``--table
+6``, about 25 minutes more with ``--jobs 2``).
 
 Variants whose configs and data are equal are the same runs: 2b's "sigmoid" and §4.2's "class-specific" are one
 model (as in the paper, whose Table 2b, 2c and §4.2 all report 30.3 for it; our 2c's "RoIAlign (avg)" is the same
