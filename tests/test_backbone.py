@@ -75,3 +75,17 @@ def test_frozen_stages_get_no_gradient_and_stop_the_backward(rng):
     frozen = [n for n, p in bb.named_parameters() if p.grad is None]
     assert frozen and all(n.startswith(("body.conv1", "body.layer1.")) for n in frozen)
     assert all(m._tape == [] for _, m in bb.named_modules())
+
+
+def test_stem_without_input_grad_gives_the_same_weight_gradients_and_no_image_gradient(rng):
+    x = rng.standard_normal((2, 3, 64, 64))
+    grads = []
+    for input_grad in (True, False):
+        bb = tiny_backbone(18, "frozen_bn")
+        bb.body.conv1.input_grad = input_grad
+        feats = bb(x)
+        dx = bb.backward([np.ones_like(f) for f in feats])
+        assert (dx is None) == (not input_grad)
+        grads.append({n: p.grad for n, p in bb.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(np.array_equal(grads[0][n], grads[1][n]) for n in grads[0])

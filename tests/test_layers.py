@@ -148,6 +148,16 @@ def test_conv2d_dispatch_sends_short_maps_to_im2col(rng, height, row_shifts):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("stride", [1, 2])      # the row-shift path and the im2col path
+def test_conv2d_backward_without_the_input_gradient(stride, rng):
+    x, w, b = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    out, cache = F.conv2d_forward(x, w, b, stride, 1)
+    dout = rng.standard_normal(out.shape)
+    dx, dw, db = F.conv2d_backward(dout, cache, need_dx=False)
+    _, dw_all, db_all = F.conv2d_backward(dout, cache)
+    assert dx is None and np.array_equal(dw, dw_all) and np.array_equal(db, db_all)
+
+
 def test_conv2d_without_bias(rng):
     x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3))
     out, cache = F.conv2d_forward(x, w, None, padding=1)

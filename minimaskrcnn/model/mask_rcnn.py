@@ -49,6 +49,9 @@ class MaskRCNN(nn.Module):
         self.transform = transform
         self.backbone, self.rpn, self.roi_heads = backbone, rpn, roi_heads
         self.config = config
+        stem = getattr(getattr(backbone, "body", None), "conv1", None)
+        if stem is not None:   # nothing reads the image's gradient: skip the stem's (a 7x7 col2im per step)
+            stem.input_grad = False
         # the samplers' random draws when forward_train is given no per-image streams (saved with checkpoints)
         self.rng = np.random.default_rng(config.seed if config is not None else 0)
         self.device = "cpu"

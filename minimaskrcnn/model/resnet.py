@@ -159,7 +159,8 @@ class ResNet(nn.Module):
 
         Walks the stages from the top down, adding each stage's own gradient to the one flowing from
         above. Frozen stages below the lowest trainable one need no gradient, so the walk stops there and
-        returns None instead of the image gradient.
+        returns None instead of the image gradient; so does a stem whose ``conv1.input_grad`` is False (as in
+        :class:`~minimaskrcnn.model.mask_rcnn.MaskRCNN`, which has no use for it).
         """
         mask = self.saved()
         stages = self.stages()

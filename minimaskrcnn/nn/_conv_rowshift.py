@@ -113,8 +113,8 @@ def conv2d_forward_rowshift(x, w, b, padding, dilation, groups):
     return out, Conv2dRowShiftCache(shifted, w, b is not None, tuple(x.shape), padding, dilation, G)
 
 
-def conv2d_backward_rowshift(dout, cache: Conv2dRowShiftCache):
-    """Gradients of :func:`conv2d_forward_rowshift`: ``(dx, dw, db)``.
+def conv2d_backward_rowshift(dout, cache: Conv2dRowShiftCache, need_dx=True):
+    """Gradients of :func:`conv2d_forward_rowshift`: ``(dx, dw, db)`` (dx None if not ``need_dx``).
 
     ``dw``: each kernel row's GEMM again, against the same shifted rows. ``dx`` is itself a stride-1
     convolution: of ``dout`` with the kernel flipped in space and transposed in channels, padded by
@@ -140,6 +140,8 @@ def conv2d_backward_rowshift(dout, cache: Conv2dRowShiftCache):
         start = i * dilation[0] * Wo
         rows.append(xp.matmul(d_tall, shifted[..., start:start + L].swapaxes(-1, -2)))  # (G, Co/G, Cg*kw)
     dw = xp.stack(rows).reshape(kh, G, c_out // G, cg, kw).transpose(1, 2, 3, 0, 4).reshape(w.shape)
+    if not need_dx:
+        return None, dw, db
     w_flip = w[:, :, ::-1, ::-1].reshape(G, c_out // G, cg, kh, kw).transpose(0, 2, 1, 3, 4)
     w_flip = xp.ascontiguousarray(w_flip.reshape(G * cg, c_out // G, kh, kw))
     pad = (dilation[0] * (kh - 1) - padding[0], dilation[1] * (kw - 1) - padding[1])

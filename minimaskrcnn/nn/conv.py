@@ -161,11 +161,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     return conv2d_forward_im2col(x, w, b, stride, padding, dilation, groups)
 
 
-def conv2d_backward(dout, cache):
-    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, by the path the forward took."""
+def conv2d_backward(dout, cache, need_dx=True):
+    """Gradients of :func:`conv2d_forward`: ``(dx, dw, db)``, by the path the forward took.
+
+    ``need_dx=False`` skips the input gradient (dx is None): a network's first conv, whose input is the image,
+    spends half its backward there for a gradient nothing reads."""
     if isinstance(cache, Conv2dRowShiftCache):
-        return conv2d_backward_rowshift(dout, cache)
-    return conv2d_backward_im2col(dout, cache)
+        return conv2d_backward_rowshift(dout, cache, need_dx)
+    return conv2d_backward_im2col(dout, cache, need_dx)
 
 
 def conv2d_forward_im2col(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
@@ -196,14 +199,14 @@ def conv2d_forward_im2col(x, w, b=None, stride=(1, 1), padding=(0, 0), dilation=
     ### END SOLUTION
 
 
-def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
+def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache, need_dx=True):
     """Gradients of :func:`conv2d_forward_im2col`.
 
     Args:
         dout: (N, C_out, Ho, Wo).
     Returns:
         dx (N, C_in, H, W) = col2im(W^T @ dout); dw (C_out, C_in/groups, kh, kw) = sum_n dout_n @ cols_n^T;
-        db (C_out,) = sum of dout over n, y, x (None if the forward had no bias).
+        db (C_out,) = sum of dout over n, y, x (None if the forward had no bias). dx is None if not ``need_dx``.
     """
     ### BEGIN SOLUTION
     cols, w, has_bias, x_shape, stride, padding, dilation, G = cache
@@ -214,6 +217,8 @@ def conv2d_backward_im2col(dout, cache: Conv2dIm2colCache):
     d3 = dout.reshape(N, G, c_out // G, P)
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
     dw = xp.matmul(d3, cols.swapaxes(-1, -2)).sum(axis=0).reshape(w.shape)  # (G, C_out/G, K) summed over n
+    if not need_dx:
+        return None, dw, db
     dcols = xp.matmul(w.reshape(G, c_out // G, K).swapaxes(-1, -2), d3)     # (N, G, K, P)
     dx = col2im(dcols.reshape(N, G * K, P), x_shape, kh, kw, stride, padding, dilation)
     return dx, dw, db
@@ -301,7 +306,12 @@ def _check_groups(in_channels, out_channels, groups, op):
 
 
 class Conv2d(Module):
-    """A conv2d layer with parameters ``weight`` (C_out, C_in/groups, kh, kw) and ``bias`` (C_out,)."""
+    """A conv2d layer with parameters ``weight`` (C_out, C_in/groups, kh, kw) and ``bias`` (C_out,).
+
+    ``input_grad = False`` (an attribute) makes :meth:`backward` skip the input's gradient and return None:
+    for a first layer whose input is data (ResNet's stem, when nothing asks for the image gradient)."""
+
+    input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, dtype="float32"):
@@ -320,7 +330,7 @@ class Conv2d(Module):
         return out
 
     def backward(self, dout):
-        dx, dw, db = conv2d_backward(dout, self.saved())
+        dx, dw, db = conv2d_backward(dout, self.saved(), self.input_grad)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)
