@@ -2,11 +2,13 @@
 
     python bench/model.py                         # ours only
     /path/to/python-with-torch bench/model.py     # also torchvision (pip install torch==2.14.1 torchvision==0.29.1)
-    python bench/model.py --cases tiny_train --repeats 3
+    python bench/model.py --cases tiny_train --repeats 3 --threads 1
 
-Prints JSON. Each case runs in its own child process and reports its own peak resident memory:
+Prints JSON. Each case runs in its own child process and reports its own peak resident memory, both sides at
+``--threads`` threads (BLAS threads for us, ``torch.set_num_threads`` for torch; default every core):
 - ``tiny_train``, ``resnet18_fpn_train``: one training iteration (forward + backward + SGD step), batch of 4
-  shapes images at 128 px, median seconds over ``--repeats`` iterations after one warm-up;
+  shapes images at 128 px, median seconds over ``--repeats`` iterations after one warm-up (torchvision's
+  ``tiny`` is ``bench/train_torchvision.py``'s: every setting of our config, the narrow ResNet included);
 - ``r50_fpn_infer``: inference on one 800x1216 image (median seconds per image), same random weights
   (``minimaskrcnn.testing.random_state_dict``) on both sides.
 """
@@ -26,6 +28,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 CASES = ("tiny_train", "resnet18_fpn_train", "r50_fpn_infer")
+THREADS = os.cpu_count()      # --threads, set in the children from their command line
 
 
 def shapes_batch(n=4, size=128, seed=0):
@@ -52,6 +55,13 @@ def big_image(seed=0):
 
 # ---- ours ------------------------------------------------------------------------------------------------
 def ours(case, repeats):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(THREADS, user_api="blas"):
+        return _ours(case, repeats)
+
+
+def _ours(case, repeats):
     from minimaskrcnn import config
     from minimaskrcnn.model import build_model
     from minimaskrcnn.nn import SGD
@@ -87,12 +97,17 @@ def torchvision_case(case, repeats):
 
     from minimaskrcnn.testing import random_state_dict
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(THREADS)
     if case.endswith("_train"):
         if case == "tiny_train":
-            return {"skipped": "torchvision has no ResNet with the tiny config's narrow stages"}
-        backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3)
-        model = MaskRCNN(backbone, num_classes=4, min_size=128, max_size=128).train()
+            from minimaskrcnn import config
+            from train_torchvision import build    # bench/train_torchvision.py: the tiny config in torchvision
+
+            torch.manual_seed(0)
+            model = build(config.tiny(num_classes=4)).train()
+        else:
+            backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=3)
+            model = MaskRCNN(backbone, num_classes=4, min_size=128, max_size=128).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
         images, targets = shapes_batch()
         ims = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images]
@@ -129,7 +144,8 @@ def child(impl, case, repeats):
 
 def run_child(impl, case, repeats):
     """Run one case in a fresh process; return its result and its peak memory."""
-    proc = subprocess.Popen([sys.executable, __file__, "--child", impl, case, "--repeats", str(repeats)],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", impl, case, "--repeats", str(repeats),
+                             "--threads", str(THREADS)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     if proc.returncode != 0:
@@ -141,8 +157,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=CASES)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides (default: all)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     if args.child:
         child(args.child[0], args.child[1], args.repeats)
         return
@@ -151,7 +170,7 @@ def main():
         have_torch = True
     except ImportError:
         have_torch = False
-    report = {"cpu_count": os.cpu_count(), "repeats": args.repeats, "cases": {}}
+    report = {"cpu_count": os.cpu_count(), "threads": THREADS, "repeats": args.repeats, "cases": {}}
     for case in args.cases:
         entry = {"ours": run_child("ours", case, args.repeats)}
         if have_torch:
