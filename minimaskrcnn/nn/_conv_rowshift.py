@@ -59,12 +59,19 @@ def row_shifts(x, kw, padding=(0, 0), dilation=(1, 1)):
     (ph, pw), (_, dw) = padding, dilation
     Hp, Wp = H + 2 * ph, W + 2 * pw
     Wo = Wp - dw * (kw - 1)
-    out = xp.zeros((C, kw, N, Hp, Wo), dtype=x.dtype)
+    # Every element is written once: the image, or a zero where the padding is (a zero-filled buffer would
+    # write the whole of it twice).
+    out = xp.empty((C, kw, N, Hp, Wo), dtype=x.dtype)
+    out[:, :, :, :ph] = 0
+    out[:, :, :, ph + H:] = 0
     xc = x.transpose(1, 0, 2, 3)                                   # (C, N, H, W): channels outermost
     for j in range(kw):
         # columns of x that land in output columns [lo, hi) for horizontal tap j
         lo, hi = max(0, pw - j * dw), min(Wo, W + pw - j * dw)
-        out[:, j, :, ph:ph + H, lo:hi] = xc[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
+        rows = out[:, j, :, ph:ph + H]
+        rows[..., :lo] = 0
+        rows[..., hi:] = 0
+        rows[..., lo:hi] = xc[:, :, :, lo + j * dw - pw:hi + j * dw - pw]
     return out.reshape(C * kw, N * Hp * Wo)
 
 
@@ -94,22 +101,28 @@ def conv2d_forward_rowshift(x, w, b, padding, dilation, groups):
     shifted = row_shifts(x, kw, padding, dilation).reshape(G, cg * kw, -1)      # (G, Cg*kw, N*Hp*Wo)
     w_rows = _kernel_rows(w, G)                                                  # (kh, G, Co/G, Cg*kw)
     L = ((N - 1) * Hp + Ho) * Wo            # the tall image's output rows, up to the last image's last
-    out = None
-    for i in range(kh):
-        # Kernel row i reads the rows i*dh further down: a contiguous slice (a view, no copy).
+    # Kernel row i reads the rows i*dh further down: a contiguous slice (a view, no copy). One buffer takes
+    # each further row's product (a fresh one per GEMM would cost page faults).
+    out = xp.matmul(w_rows[0], shifted[..., :L])                                 # (G, Co/G, L)
+    part = xp.empty_like(out) if kh > 1 else None
+    for i in range(1, kh):
         start = i * dilation[0] * Wo
-        part = xp.matmul(w_rows[i], shifted[..., start:start + L])               # (G, Co/G, L)
-        out = part if out is None else xp.add(out, part, out=out)
+        out += xp.matmul(w_rows[i], shifted[..., start:start + L], out=part)
+    bias = None if b is None else b.reshape(1, -1, 1, 1)
     # Image n's output rows start at row n*Hp; the dh*(kh-1) rows after them straddle two images and are
     # dropped. (One image needs no copy: its rows are the whole array.)
     if N == 1:
         out = out.reshape(1, c_out, Ho, Wo)
+        if bias is not None:
+            out += bias
     else:
         item = out.itemsize
-        out = as_strided(out, (c_out, N, Ho, Wo), (L * item, Hp * Wo * item, Wo * item, item))
-        out = out.transpose(1, 0, 2, 3).copy()
-    if b is not None:
-        out += b.reshape(1, -1, 1, 1)
+        rows = as_strided(out, (c_out, N, Ho, Wo), (L * item, Hp * Wo * item, Wo * item, item))
+        out = xp.empty((N, c_out, Ho, Wo), dtype=rows.dtype)
+        if bias is None:
+            out[...] = rows.transpose(1, 0, 2, 3)
+        else:                                   # the copy and the bias in one pass
+            xp.add(rows.transpose(1, 0, 2, 3), bias, out=out)
     return out, Conv2dRowShiftCache(shifted, w, b is not None, tuple(x.shape), padding, dilation, G)
 
 
@@ -132,8 +145,9 @@ def conv2d_backward_rowshift(dout, cache: Conv2dRowShiftCache, need_dx=True):
     if N == 1:
         d_tall = dout.reshape(G, c_out // G, L)
     else:
-        d_tall = xp.zeros((c_out, N, Hp, Wo), dtype=dout.dtype)
+        d_tall = xp.empty((c_out, N, Hp, Wo), dtype=dout.dtype)
         d_tall[:, :, :Ho] = dout.transpose(1, 0, 2, 3)
+        d_tall[:, :, Ho:] = 0
         d_tall = d_tall.reshape(G, c_out // G, N * Hp * Wo)[..., :L]
     rows = []
     for i in range(kh):
