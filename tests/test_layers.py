@@ -148,6 +148,22 @@ def test_conv2d_dispatch_sends_short_maps_to_im2col(rng, height, row_shifts):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("one_gemm_rows", [0, 10 ** 6])       # one GEMM per kernel row, or one for all rows
+def test_conv2d_row_shift_gemm_layouts_agree_with_im2col(one_gemm_rows, monkeypatch, rng):
+    import minimaskrcnn.nn._conv_rowshift as rowshift
+
+    monkeypatch.setattr(rowshift, "ONE_GEMM_ROWS", one_gemm_rows)
+    for groups, dilation in ((1, 1), (2, 2)):
+        x, w, b = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal((6, 4 // groups, 3, 3)), rng.standard_normal(6)
+        out, cache = F.conv2d_forward(x, w, b, 1, dilation, dilation, groups)
+        assert isinstance(cache, Conv2dRowShiftCache)
+        plain, plain_cache = conv2d_forward_im2col(x, w, b, (1, 1), (dilation,) * 2, (dilation,) * 2, groups)
+        np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+        dout = rng.standard_normal(out.shape)
+        for got, want in zip(F.conv2d_backward(dout, cache), conv2d_backward_im2col(dout, plain_cache), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
 @pytest.mark.parametrize("stride", [1, 2])      # the row-shift path and the im2col path
 def test_conv2d_backward_without_the_input_gradient(stride, rng):
     x, w, b = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
