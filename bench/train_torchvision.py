@@ -1,7 +1,7 @@
 """Same budget, same data: torchvision's Mask R-CNN trained with our ``tiny`` configuration, for comparison.
 
     pip install torch==2.14.1 torchvision==0.29.1        # bench only; never needed by the package or CI
-    python bench/train_torchvision.py --data data/shapes --iters 2400 --eval-at 1200 2400
+    python bench/train_torchvision.py --data data/shapes --iters 2800 --eval-at 2400 2800
 
 Builds torchvision's ``MaskRCNN`` with every architectural and training setting of
 ``minimaskrcnn.config.tiny`` (ResNet-18 layout with the same narrow stages and trainable BN, FPN width,
