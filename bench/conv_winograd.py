@@ -68,10 +68,10 @@ class Conv2dWinogradCache(NamedTuple):
     padding: int
 
 
-def _combine(coeffs, views, out, accumulate=False):
-    """``out (+)= sum_k coeffs[k] * views[k]`` for coefficients in {-1, 0, 1}: adds and subtracts only."""
+def _combine(coeffs, views, out):
+    """``out = sum_k coeffs[k] * views[k]`` for coefficients in {-1, 0, 1}: adds and subtracts only."""
     xp = get_xp(out)
-    started = accumulate
+    started = False
     for c, v in zip(coeffs, views):
         if c == 0:
             continue

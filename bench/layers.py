@@ -21,8 +21,13 @@ import platform
 import sys
 
 import numpy as np
-from _timing import median_time
-from threadpoolctl import threadpool_limits   # bench/ is on sys.path: these scripts run as python bench/<name>.py
+from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
+from threadpoolctl import threadpool_limits
+
+try:                                # optional: torch's conv beside ours
+    import torch
+except ImportError:
+    torch = None
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from minimaskrcnn.nn.functional import conv2d_backward, conv2d_forward  # noqa: E402
@@ -38,9 +43,7 @@ CASES = [
 
 def torch_times(N, C, Co, k, s, H, reps, threads):
     """torch's conv2d forward and backward (dx, dw, db) seconds on float32, or None without torch."""
-    try:
-        import torch
-    except ImportError:
+    if torch is None:
         return None
     torch.set_num_threads(threads)
     conv = torch.nn.Conv2d(C, Co, k, s, k // 2)
@@ -108,14 +111,9 @@ def main():
     for threads in dict.fromkeys(args.threads):
         with threadpool_limits(threads, user_api="blas"):
             runs.append(measure(threads, reps, rng))
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
     report = {
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-                    "torch": torch_version},
+                    "torch": None if torch is None else torch.__version__},
         "repeats": reps,
         "runs": runs,
         "goal": "forward >= 0.70 and backward >= 0.60 of GEMM throughput; 3x3 forward + backward <= 1.2x torch's",

@@ -28,7 +28,6 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 CASES = ("tiny_train", "resnet18_fpn_train", "r50_fpn_infer")
-THREADS = os.cpu_count()      # --threads, set in the children from their command line
 
 
 def shapes_batch(n=4, size=128, seed=0):
@@ -54,10 +53,10 @@ def big_image(seed=0):
 
 
 # ---- ours ------------------------------------------------------------------------------------------------
-def ours(case, repeats):
+def ours(case, repeats, threads):
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(THREADS, user_api="blas"):
+    with threadpool_limits(threads, user_api="blas"):
         return _ours(case, repeats)
 
 
@@ -90,14 +89,14 @@ def _ours(case, repeats):
 
 
 # ---- torchvision ---------------------------------------------------------------------------------------------
-def torchvision_case(case, repeats):
+def torchvision_case(case, repeats, threads):
     import torch
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     from minimaskrcnn.testing import random_state_dict
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     if case.endswith("_train"):
         if case == "tiny_train":
             from minimaskrcnn import config
@@ -135,17 +134,17 @@ def torchvision_case(case, repeats):
     return {"seconds_per_image": seconds, "detections": int(len(dets[-1]["scores"]))}
 
 
-def child(impl, case, repeats):
+def child(impl, case, repeats, threads):
     fn = ours if impl == "ours" else torchvision_case
-    result = fn(case, repeats)
+    result = fn(case, repeats, threads)
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
 
 
-def run_child(impl, case, repeats):
+def run_child(impl, case, repeats, threads):
     """Run one case in a fresh process; return its result and its peak memory."""
     proc = subprocess.Popen([sys.executable, __file__, "--child", impl, case, "--repeats", str(repeats),
-                             "--threads", str(THREADS)],
+                             "--threads", str(threads)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     if proc.returncode != 0:
@@ -160,21 +159,19 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides (default: all)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global THREADS
-    THREADS = args.threads
     if args.child:
-        child(args.child[0], args.child[1], args.repeats)
+        child(args.child[0], args.child[1], args.repeats, args.threads)
         return
     try:
         import torch  # noqa: F401
         have_torch = True
     except ImportError:
         have_torch = False
-    report = {"cpu_count": os.cpu_count(), "threads": THREADS, "repeats": args.repeats, "cases": {}}
+    report = {"cpu_count": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "cases": {}}
     for case in args.cases:
-        entry = {"ours": run_child("ours", case, args.repeats)}
+        entry = {"ours": run_child("ours", case, args.repeats, args.threads)}
         if have_torch:
-            entry["torchvision"] = run_child("torchvision", case, args.repeats)
+            entry["torchvision"] = run_child("torchvision", case, args.repeats, args.threads)
             key = "seconds_per_iter" if case.endswith("_train") else "seconds_per_image"
             if key in entry["ours"] and key in entry["torchvision"]:
                 entry["ours_over_torchvision_time"] = round(entry["ours"][key] / entry["torchvision"][key], 3)
