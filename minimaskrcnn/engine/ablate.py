@@ -5,10 +5,10 @@ and set beside the paper's numbers.
 Each table (:mod:`minimaskrcnn.engine.ablate_tables`) has variants; each variant is trained once per seed from
 scratch on the same data with the same schedule, then scored on the validation split. Tables 2c, 2e and 3
 train on the demo's shapes drawn at 192 px (``data/shapes_192``), 2d on the same with larger objects
-(``data/shapes_192_large``), 2b and §4.2 on the hard shapes set
-(``data/shapes_hard``), Table 6 on the pose set (``data/poses``, keypoint AP by OKS); each built-in set is
-generated on first use (``ablate_tables.DATASETS``). ``--table all`` is Tables 2b-3 (its 2-hour budget); Table 6 runs on
-its own, ``--table 6``. What it writes in ``--out``::
+(``data/shapes_192_large``), 2b and §4.2 on the hard shapes set (``data/shapes_hard``), Table 6 on the pose set
+(``data/poses``, keypoint AP by OKS); each built-in set is generated on first use (``ablate_tables.DATASETS``).
+``--table all`` is Tables 2b-3 (its 2-hour budget); Table 6 runs on its own, ``--table 6``. What it writes in
+``--out``::
 
     runs/<run id>/         one folder per (variant, seed): last.npz, log.json, result.json (written last)
     ablations.json         every run (variant, seed, config, data, iterations, wall time, box, mask and keypoint
