@@ -136,9 +136,10 @@ def test_demo_procs_2_starts_itself_under_mpiexec(tmp_path):
 def test_ctrl_c_reaches_every_rank_through_mpiexec(tmp_path):
     """What ``demo --procs 2`` does on a Ctrl-C: the waiting process passes SIGINT to mpiexec once, mpiexec to
     every rank (each ends as one process would), and the exit code comes back."""
-    # each rank's line goes out in one write: print may write its pieces separately (with unbuffered output),
-    # and a CI run once got two ranks' pieces interleaved ("rankrank 1 interrupted\n 0 interrupted")
-    rank = ("import os, sys, time\nprint('ready', flush=True)\ntry:\n    time.sleep(60)\n"
+    # each rank's lines go out in one write each: print may write its pieces separately (with unbuffered
+    # output), and CI runs got two ranks' pieces interleaved ("rankrank 1 interrupted\n 0 interrupted",
+    # "readyready\n\n")
+    rank = ("import os, sys, time\nos.write(1, b'ready\\n')\ntry:\n    time.sleep(60)\n"
             "except KeyboardInterrupt:\n    os.write(1, f\"rank {os.environ['PMI_RANK']} interrupted\\n\".encode())\n"
             "    sys.exit(130)\n")
     parent = ("import sys\nfrom minimaskrcnn.engine.launch import run_passing_signals\n"
