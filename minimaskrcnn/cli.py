@@ -307,7 +307,10 @@ def main(argv=None) -> int:
         every_rank = isinstance(e, (UserError, DistributedError))    # met by every rank alike: say it once
         if launched_rank() == 0 or not every_rank:
             rank = f"rank {args.comm.rank} of {args.comm.size}: " if args.comm.size > 1 and not every_rank else ""
-            print(f"minimaskrcnn {args.command}: error: {rank}{what}{e}", file=sys.stderr, flush=True)
+            # one write for the whole line: with unbuffered output print writes its pieces separately, and
+            # under mpiexec another rank's output can land between them
+            sys.stderr.write(f"minimaskrcnn {args.command}: error: {rank}{what}{e}\n")
+            sys.stderr.flush()
         if args.comm.size > 1 and not every_rank:
             args.comm.abort(1)          # the other ranks may be waiting for this one in a collective
         return 1

@@ -32,12 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import get_module_for_device, get_xp, is_cupy, to_numpy
+
+# Seconds an aborting rank waits for mpiexec to forward its last output (MPICommunicator.abort).
+ABORT_GRACE_S = 0.5
 
 # Environment variables by which launchers tell a process how many were started: MPICH / Intel MPI (PMI),
 # Open MPI, MVAPICH, Slurm's srun. mpi4py is imported only when one of them says more than one.
@@ -99,6 +104,11 @@ class MPICommunicator:
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
+        # What this rank just wrote (its one-line error) travels through mpiexec's forwarding, which the abort
+        # tears down: flush it and give the launcher a moment, or the user may get an exit code and no word.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)     # ends every rank: none is left waiting in a collective
 
 
