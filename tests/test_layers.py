@@ -7,6 +7,7 @@ import pytest
 from minimaskrcnn.nn import functional as F
 from minimaskrcnn.nn import reference as ref
 from minimaskrcnn.nn._conv_rowshift import Conv2dRowShiftCache
+from minimaskrcnn.nn._conv_winograd import Conv2dWinogradCache, conv2d_backward_winograd, conv2d_forward_winograd
 from minimaskrcnn.nn.conv import Conv2dIm2colCache, conv2d_backward_im2col, conv2d_forward_im2col
 from minimaskrcnn.nn.gradcheck import check_gradient
 from minimaskrcnn.nn.resample import nearest_indices
@@ -162,6 +163,68 @@ def test_conv2d_row_shift_gemm_layouts_agree_with_im2col(one_gemm_rows, monkeypa
         dout = rng.standard_normal(out.shape)
         for got, want in zip(F.conv2d_backward(dout, cache), conv2d_backward_im2col(dout, plain_cache), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11)
+
+
+WINOGRAD_CASES = [
+    # (N, C_in, H, W, C_out, padding, bias)
+    (2, 3, 9, 11, 4, (1, 1), True),     # 9 output rows: the last tile's second row is dropped
+    (1, 2, 10, 10, 3, (0, 0), False),   # no padding: dx's is 2
+    (3, 2, 8, 9, 2, (2, 2), True),      # padding 2: dx's is 0
+    (2, 3, 9, 8, 5, (0, 2), True),
+    (2, 3, 11, 8, 5, (2, 0), False),
+    (1, 1, 8, 8, 1, (1, 1), True),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_conv2d_winograd_path_agrees_with_im2col(case, rng):
+    """F(2, 3) computes the same convolution and gradients as the plain path (to float64 round-off), with and
+    without the input gradient."""
+    N, C, H, W, Co, p, bias = case
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((Co, C, 3, 3))
+    b = rng.standard_normal(Co) if bias else None
+    out, cache = conv2d_forward_winograd(x, w, b, p)
+    plain, plain_cache = conv2d_forward_im2col(x, w, b, (1, 1), p, (1, 1), 1)
+    assert out.shape == plain.shape
+    np.testing.assert_allclose(out, plain, rtol=1e-12, atol=1e-12)
+    dout = rng.standard_normal(out.shape)
+    got, want = conv2d_backward_winograd(dout, cache), conv2d_backward_im2col(dout, plain_cache)
+    for name, g, w_ in zip(("dx", "dw", "db"), got, want, strict=True):
+        if w_ is None:
+            assert g is None, name
+        else:
+            assert g.shape == w_.shape, name
+            np.testing.assert_allclose(g, w_, rtol=1e-11, atol=1e-11, err_msg=name)
+    dx, dw, db = conv2d_backward_winograd(dout, cache, need_dx=False)
+    assert dx is None and np.array_equal(dw, got[1]) and (db is None or np.array_equal(db, got[2]))
+
+
+@pytest.mark.parametrize("case", [WINOGRAD_CASES[i] for i in (0, 1, 4)])
+def test_conv2d_winograd_gradients(case, rng):
+    N, C, H, W, Co, p, _ = case
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((Co, C, 3, 3)), rng.standard_normal(Co)
+    grads_ok(lambda x, w, b: conv2d_forward_winograd(x, w, b, p), conv2d_backward_winograd, (x, w, b),
+             ("x", "w", "b"), rng)
+
+
+@pytest.mark.parametrize("shape, kwargs, winograd", [
+    ((1, 64, 10, 10, 64), {}, True),                    # 3x3, stride 1, 64 channels in and out, 10x10 outputs
+    ((1, 64, 10, 10, 32), {}, False),                   # too few output channels
+    ((1, 32, 10, 10, 64), {}, False),                   # too few input channels
+    ((1, 64, 9, 9, 64), {"padding": 0}, False),         # 7x7 outputs
+    ((1, 64, 10, 10, 64), {"stride": 2}, False),
+    ((1, 64, 10, 10, 64), {"dilation": 2, "padding": 2}, False),
+    ((1, 64, 10, 10, 64), {"groups": 2}, False),
+])
+def test_conv2d_dispatch_takes_winograd_for_wide_3x3_convs(shape, kwargs, winograd, rng):
+    N, C, H, W, Co = shape
+    groups = kwargs.get("groups", 1)
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((Co, C // groups, 3, 3))
+    out, cache = F.conv2d_forward(x, w, None, **{"padding": 1, **kwargs})
+    assert isinstance(cache, Conv2dWinogradCache) == winograd
+    s, p, d = ((v, v) for v in (kwargs.get("stride", 1), kwargs.get("padding", 1), kwargs.get("dilation", 1)))
+    plain, _ = conv2d_forward_im2col(x, w, None, s, p, d, groups)
+    np.testing.assert_allclose(out, plain, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize("stride", [1, 2])      # the row-shift path and the im2col path

@@ -24,6 +24,7 @@ from . import init
 from ._checks import check_float_array, pair
 from ._conv_rowshift import (Conv2dRowShiftCache, conv2d_backward_rowshift, conv2d_forward_rowshift,
                              use_row_shifts)
+from ._conv_winograd import Conv2dWinogradCache, conv2d_backward_winograd, conv2d_forward_winograd, use_winograd
 from .module import Module, Parameter
 
 
@@ -156,6 +157,8 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: input {H}x{W} is smaller than the dilated kernel {kh}x{kw} "
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
+    if use_winograd(w.shape, stride, padding, dilation, groups, H, W):
+        return conv2d_forward_winograd(x, w, b, padding)
     if use_row_shifts(w.shape, stride, padding, dilation, H):
         return conv2d_forward_rowshift(x, w, b, padding, dilation, groups)
     return conv2d_forward_im2col(x, w, b, stride, padding, dilation, groups)
@@ -166,6 +169,8 @@ def conv2d_backward(dout, cache, need_dx=True):
 
     ``need_dx=False`` skips the input gradient (dx is None): a network's first conv, whose input is the image,
     spends half its backward there for a gradient nothing reads."""
+    if isinstance(cache, Conv2dWinogradCache):
+        return conv2d_backward_winograd(dout, cache, need_dx)
     if isinstance(cache, Conv2dRowShiftCache):
         return conv2d_backward_rowshift(dout, cache, need_dx)
     return conv2d_backward_im2col(dout, cache, need_dx)

@@ -1,0 +1,202 @@
+"""conv2d's fast path for 3x3 stride-1 convolutions: Winograd's F(2, 3) down the kernel's columns, the row
+shifts of ``_conv_rowshift.py`` across its rows, and 2/3 of the multiplications.
+
+Read :func:`minimaskrcnn.nn.conv.conv2d_forward_im2col` first: this path computes the same convolution to
+float32 round-off, with fewer multiplications. Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for
+Convolutional Neural Networks", CVPR 2016) gives two outputs of a 3-tap filter ``g`` from four inputs ``d``
+with 4 multiplications instead of 6:
+
+    y0 = g0 d0 + g1 d1 + g2 d2 = m0 + m1 + m2       m0 = g0 (d0 - d2)              m1 = (g0+g1+g2)/2 (d1 + d2)
+    y1 = g0 d1 + g1 d2 + g2 d3 = m1 - m2 - m3       m2 = (g0-g1+g2)/2 (d2 - d1)    m3 = g2 (d1 - d3)
+
+Here the 3 taps are one column of the 3x3 kernel, ``d0..d3`` four input rows (2s .. 2s+3 of the padded
+image) and ``y0, y1`` the output rows 2s and 2s+1. Summed over input channels and the kernel's 3 columns, each
+``m_k`` is one GEMM:
+
+    M_k = U_k @ V_k         U_k: (C_out, 3*C_in), the column combination of the weights above
+                            V_k: (3*C_in, pixels), the row combination of the input (d0 - d2, d1 + d2, ...),
+                                 3 times over, shifted by each kernel column as in row_shifts
+
+so the forward is four GEMMs with 2/3 of the direct GEMM's multiply-adds, plus a few cheap additions before
+(the ``V_k``) and after (``y0 = M0 + M1 + M2``, ``y1 = M1 - M2 - M3``). F(2, 3) in 2-D (F(2x2, 3x3), 16
+GEMMs with K = C_in) saves more multiplications on paper and loses here: its GEMMs are too short and its
+transforms too many passes over memory (``bench/conv_winograd.py`` measures it).
+
+Every step is linear, so the backward is the same algebra transposed: ``dM_k`` from ``dout``
+(``dm0 = dy0, dm1 = dy0 + dy1, dm2 = dy0 - dy1, dm3 = -dy1``), ``dU_k = dM_k @ V_k^T`` and the weights'
+column combination undone for ``dw``; ``dx`` is the convolution of ``dout`` with the flipped kernel, which
+takes this path too.
+
+Layout. Even and odd padded rows are split into two arrays (``E``, ``O``), each image's ``Ht + 1`` rows of
+``Wp`` padded pixels stacked into one long row per channel, so ``d0 .. d3`` of every tile are the same
+array slid by a constant: ``E[p]``, ``O[p]``, ``E[p + Wp]``, ``O[p + Wp]``, and kernel column ``j`` slides
+them ``j`` further. The pixels ``p`` that fall in a row's last 2 columns or an image's last tile row are
+computed and dropped (4-6% of the GEMMs on 32-64 pixel maps).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..backend import as_strided, get_xp
+
+
+# Narrower layers take the row-shift path (see use_winograd).
+MIN_CHANNELS = 64
+
+
+class Conv2dWinogradCache(NamedTuple):
+    """What :func:`conv2d_backward_winograd` needs: the transformed input ``V`` (4, 3*C_in, pixels), the
+    weights, whether there was a bias, the input's shape and the padding (h, w)."""
+    V: object
+    w: object
+    has_bias: bool
+    x_shape: tuple
+    padding: tuple
+
+
+def use_winograd(w_shape, stride, padding, dilation, groups, height, width) -> bool:
+    """3x3 kernel, stride 1, no dilation, one group, padding at most 2 (dx's is 2 - p), at least 64 channels in
+    and out, and at least 8x8 outputs.
+
+    The transforms cost a pass over the input per output row pair and the GEMMs' saving grows with
+    C_in * C_out, so narrow layers lose: forward + backward took 0.8-0.9x the row-shift path's time at 128-256
+    channels, 0.9-1.05x at 64 and 1.1-1.6x at 16-32 (8x8 to 64x64 maps, 1 thread, ``bench/layers.py``'s
+    machine). On smaller maps the 2 dropped columns and the dropped tile row per image eat the saving."""
+    c_out, c_in, kh, kw = w_shape
+    return (kh == kw == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1 and max(padding) <= 2
+            and min(c_in, c_out) >= MIN_CHANNELS
+            and height + 2 * padding[0] - 2 >= 8 and width + 2 * padding[1] - 2 >= 8)
+
+
+class _Geometry(NamedTuple):
+    Ho: int     # output rows
+    Wo: int     # output columns
+    Ht: int     # tile rows per image: ceil(Ho / 2)
+    Wp: int     # padded width
+    R: int      # one image's stretch of a long row: (Ht + 1) * Wp
+    L: int      # pixels computed: up to the last image's last output pixel
+
+
+def _geometry(H, W, N, padding):
+    Ho, Wo = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+    Ht, Wp = (Ho + 1) // 2, W + 2 * padding[1]
+    R = (Ht + 1) * Wp
+    return _Geometry(Ho, Wo, Ht, Wp, R, (N - 1) * R + (Ht - 1) * Wp + Wo)
+
+
+def split_rows(x, padding, g: _Geometry):
+    """The zero-padded ``x`` (N, C, H, W), its even and odd rows apart: (2, C, N*(Ht+1)*Wp), where
+    ``[e, c, n*R + s*Wp + u] = x_pad[n, c, 2s + e, u]`` for the Ht + 1 row pairs that the tiles read."""
+    xp = get_xp(x)
+    N, C, H, W = x.shape
+    ph, pw = padding
+    rows = xp.empty((2, C, N, g.Ht + 1, g.Wp), dtype=x.dtype)
+    for e in (0, 1):
+        # padded row 2s + e is image row 2s + e - ph: rows [lo, hi) of the pairs hold image rows
+        lo = max(0, (ph - e + 1) // 2)
+        hi = max(lo, min(g.Ht + 1, (H - 1 + ph - e) // 2 + 1))
+        dst = rows[e]
+        dst[:, :, :lo] = 0
+        dst[:, :, hi:] = 0
+        dst[:, :, lo:hi, :pw] = 0
+        dst[:, :, lo:hi, pw + W:] = 0
+        first = 2 * lo + e - ph
+        dst[:, :, lo:hi, pw:pw + W] = x[:, :, first:first + 2 * (hi - lo) - 1:2].transpose(1, 0, 2, 3)
+    return rows.reshape(2, C, -1)
+
+
+def input_transform(rows, g: _Geometry):
+    """``V_k`` from :func:`split_rows`: (4, 3*C, L), row ``j*C + c`` the channel ``c`` slid by kernel column ``j``:
+
+    ``V0 = d0 - d2, V1 = d1 + d2, V2 = d2 - d1, V3 = d1 - d3`` with ``d0..d3 = E[p], O[p], E[p+Wp], O[p+Wp]``.
+    """
+    xp = get_xp(rows)
+    C, L, Wp = rows.shape[1], g.L, g.Wp
+    E, O = rows[0], rows[1]
+    V = xp.empty((4, 3, C, L), dtype=rows.dtype)
+    for j in range(3):
+        d0, d1, d2, d3 = E[:, j:j + L], O[:, j:j + L], E[:, Wp + j:Wp + j + L], O[:, Wp + j:Wp + j + L]
+        xp.subtract(d0, d2, out=V[0, j])
+        xp.add(d1, d2, out=V[1, j])
+        xp.subtract(d2, d1, out=V[2, j])
+        xp.subtract(d1, d3, out=V[3, j])
+    return V.reshape(4, 3 * C, L)
+
+
+def weight_transform(wt):
+    """``U_k`` from the weights as (3 rows i, C_out, 3 columns j, C_in): a list of four (C_out, 3*C_in),
+    ``U0 = g0, U1 = (g0 + g1 + g2)/2, U2 = (g0 - g1 + g2)/2, U3 = g2`` for each column ``g`` of the kernel."""
+    xp = get_xp(wt)
+    c_out = wt.shape[1]
+    g0, g1, g2 = wt[0], wt[1], wt[2]
+    outer = g0 + g2
+    return [g0.reshape(c_out, -1), ((outer + g1) * 0.5).reshape(c_out, -1),
+            xp.multiply(outer - g1, 0.5).reshape(c_out, -1), g2.reshape(c_out, -1)]
+
+
+def _images(tall, rows, N, g: _Geometry):
+    """Each image's first ``rows`` tile rows of a (C, L) array, as a view (N, C, rows, Wo)."""
+    item = tall.itemsize
+    return as_strided(tall, (N, tall.shape[0], rows, g.Wo), (g.R * item, tall.strides[0], g.Wp * item, item))
+
+
+def _winograd_conv(x, wt, b, padding):
+    """The convolution of ``x`` (N, C_in, H, W) by the weights ``wt`` (3, C_out, 3, C_in) (see
+    :func:`weight_transform`), bias ``b``: (N, C_out, Ho, Wo) and the transformed input ``V``."""
+    xp = get_xp(x, wt, b)
+    N, _, H, W = x.shape
+    c_out = wt.shape[1]
+    g = _geometry(H, W, N, padding)
+    V = input_transform(split_rows(x, padding, g), g)
+    U = weight_transform(wt)
+    M = xp.empty((4, c_out, g.L), dtype=x.dtype)
+    for k in range(4):
+        xp.matmul(U[k], V[k], out=M[k])
+    if b is not None:                       # m1 appears in both y0 and y1 with sign +
+        M[1] += b[:, None]
+    S = xp.add(M[1], M[2])                  # y0 = m0 + (m1 + m2),  y1 = (m1 - m2) - m3
+    D = xp.subtract(M[1], M[2], out=M[1])
+    out = xp.empty((N, c_out, g.Ho, g.Wo), dtype=x.dtype)
+    xp.add(_images(M[0], g.Ht, N, g), _images(S, g.Ht, N, g), out=out[:, :, 0::2])
+    xp.subtract(_images(D, g.Ho // 2, N, g), _images(M[3], g.Ho // 2, N, g), out=out[:, :, 1::2])
+    return out, V
+
+
+def conv2d_forward_winograd(x, w, b, padding):
+    """3x3 stride-1 conv2d by F(2, 3); arguments as ``conv2d_forward`` (checked there), ``padding`` an (h, w)
+    pair that satisfies :func:`use_winograd`.
+
+    Returns:
+        out (N, C_out, Ho, Wo); a :class:`Conv2dWinogradCache`.
+    """
+    xp = get_xp(x, w, b)
+    wt = xp.ascontiguousarray(w.transpose(2, 0, 3, 1))                      # (3 rows, C_out, 3 cols, C_in)
+    out, V = _winograd_conv(x, wt, b, padding)
+    return out, Conv2dWinogradCache(V, w, b is not None, tuple(x.shape), padding)
+
+
+def conv2d_backward_winograd(dout, cache: Conv2dWinogradCache, need_dx=True):
+    """Gradients of :func:`conv2d_forward_winograd`: ``(dx, dw, db)`` (dx None if not ``need_dx``)."""
+    V, w, has_bias, x_shape, padding = cache
+    xp = get_xp(dout, w)
+    N, C, H, W = x_shape
+    c_out = w.shape[0]
+    g = _geometry(H, W, N, padding)
+    db = dout.sum(axis=(0, 2, 3)) if has_bias else None
+    # dy0, dy1 (the even and odd output rows) laid out like M_k, zero at the pixels the forward dropped
+    dy = xp.zeros((2, c_out, N, g.Ht + 1, g.Wp), dtype=dout.dtype)
+    dy[0, :, :, :g.Ht, :g.Wo] = dout[:, :, 0::2].transpose(1, 0, 2, 3)
+    dy[1, :, :, :g.Ho // 2, :g.Wo] = dout[:, :, 1::2].transpose(1, 0, 2, 3)
+    dy = dy.reshape(2, c_out, -1)[..., :g.L]
+    dm = [dy[0], dy[0] + dy[1], dy[0] - dy[1], dy[1]]          # dm3 is -dy1: its sign is taken below
+    # dU_k = dM_k @ V_k^T, computed transposed: (3*C, L) @ (L, C_out) runs faster with C_out the short side
+    dU = [xp.matmul(V[k], dm[k].T) for k in range(4)]           # (3*C_in, C_out), rows (j, c)
+    half = (dU[1] + dU[2]) * 0.5
+    dwt = xp.stack([dU[0] + half, (dU[1] - dU[2]) * 0.5, half - dU[3]])        # (3 rows i, 3*C_in, C_out)
+    dw = xp.ascontiguousarray(dwt.reshape(3, 3, C, c_out).transpose(3, 2, 0, 1))
+    if not need_dx:
+        return None, dw, db
+    # dx: dout convolved with the kernel flipped in space and transposed in channels, padded by 2 - p
+    wt_flip = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 1, 3, 0))  # (3, C_in, 3, C_out)
+    dx, _ = _winograd_conv(dout, wt_flip, None, (2 - padding[0], 2 - padding[1]))
+    return dx, dw, db
