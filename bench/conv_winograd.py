@@ -2,9 +2,13 @@
 
     python bench/conv_winograd.py [--repeats 7] [--threads 1]
 
-An experiment the package does not use: on this machine it loses to the row-shift path on every shape the
-models have (the JSON this prints; bench/RESULTS.md has a run). It is kept because it is correct, short, and the
-natural next idea, so the next person can measure it rather than write it again.
+An experiment the package does not use: on this machine it lost to the row-shift path on every shape the
+models have (bench/RESULTS.md has the run). What the package uses for wide 3x3 layers is Winograd in one
+dimension, F(2, 3) down the kernel's columns with the row-shift copies across them
+(``minimaskrcnn/nn/_conv_winograd.py``): 4 GEMMs with K = 3 C_in instead of 16 with K = C_in, and 5 passes over
+memory for its transforms instead of 36. This one is kept because it is correct, short, and the natural
+first idea, so the next person can measure it rather than write it again. "Our conv2d" below is
+``conv2d_forward`` as dispatched (the 1-D Winograd path at 64 channels and more, the row-shift path below).
 
 Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (CVPR 2016). Cut the output into 2x2 tiles;
 each needs the 4x4 input tile ``d`` under it. Then, for one channel pair,

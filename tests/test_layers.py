@@ -199,6 +199,22 @@ def test_conv2d_winograd_path_agrees_with_im2col(case, rng):
     assert dx is None and np.array_equal(dw, got[1]) and (db is None or np.array_equal(db, got[2]))
 
 
+def test_conv2d_winograd_in_groups_of_images_is_the_same(monkeypatch, rng):
+    """Images go through in groups (CHUNK_BYTES): one at a time gives what all at once gives, dw summed."""
+    import minimaskrcnn.nn._conv_winograd as winograd
+
+    x, w, b = rng.standard_normal((3, 2, 9, 10)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    out, cache = conv2d_forward_winograd(x, w, b, (1, 1))
+    dout = rng.standard_normal(out.shape)
+    whole = conv2d_backward_winograd(dout, cache)
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 1)
+    assert winograd._chunks(x, (1, 1)) == [(0, 1), (1, 2), (2, 3)]
+    out1, cache1 = conv2d_forward_winograd(x, w, b, (1, 1))
+    np.testing.assert_allclose(out1, out, rtol=1e-13, atol=1e-13)
+    for got, want in zip(conv2d_backward_winograd(dout, cache1), whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", [WINOGRAD_CASES[i] for i in (0, 1, 4)])
 def test_conv2d_winograd_gradients(case, rng):
     N, C, H, W, Co, p, _ = case
@@ -215,6 +231,7 @@ def test_conv2d_winograd_gradients(case, rng):
     ((1, 64, 10, 10, 64), {"stride": 2}, False),
     ((1, 64, 10, 10, 64), {"dilation": 2, "padding": 2}, False),
     ((1, 64, 10, 10, 64), {"groups": 2}, False),
+    ((1, 64, 200, 300, 64), {}, False),                 # one image's transform over MAX_IMAGE_BYTES
 ])
 def test_conv2d_dispatch_takes_winograd_for_wide_3x3_convs(shape, kwargs, winograd, rng):
     N, C, H, W, Co = shape

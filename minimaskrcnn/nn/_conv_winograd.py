@@ -42,30 +42,36 @@ from ..backend import as_strided, get_xp
 
 # Narrower layers take the row-shift path (see use_winograd).
 MIN_CHANNELS = 64
+# The transformed input V is 6x the input's size, so images go through in groups whose V stays under
+# CHUNK_BYTES (the GEMMs then read it from cache); an image whose V alone exceeds MAX_IMAGE_BYTES takes the
+# row-shift path instead (3x the input; the FPN's stride-4 and stride-8 maps at 800 px).
+CHUNK_BYTES = 16 * 2 ** 20
+MAX_IMAGE_BYTES = 64 * 2 ** 20
 
 
 class Conv2dWinogradCache(NamedTuple):
-    """What :func:`conv2d_backward_winograd` needs: the transformed input ``V`` (4, 3*C_in, pixels), the
-    weights, whether there was a bias, the input's shape and the padding (h, w)."""
-    V: object
+    """What :func:`conv2d_backward_winograd` needs: the input ``x`` (its transform is recomputed: keeping it
+    would cost 6x the input's memory), the weights, whether there was a bias, and the padding (h, w)."""
+    x: object
     w: object
     has_bias: bool
-    x_shape: tuple
     padding: tuple
 
 
-def use_winograd(w_shape, stride, padding, dilation, groups, height, width) -> bool:
+def use_winograd(w_shape, stride, padding, dilation, groups, height, width, itemsize=4) -> bool:
     """3x3 kernel, stride 1, no dilation, one group, padding at most 2 (dx's is 2 - p), at least 64 channels in
-    and out, and at least 8x8 outputs.
+    and out, at least 8x8 outputs, and one image's transform under MAX_IMAGE_BYTES.
 
     The transforms cost a pass over the input per output row pair and the GEMMs' saving grows with
     C_in * C_out, so narrow layers lose: forward + backward took 0.8-0.9x the row-shift path's time at 128-256
     channels, 0.9-1.05x at 64 and 1.1-1.6x at 16-32 (8x8 to 64x64 maps, 1 thread, ``bench/layers.py``'s
     machine). On smaller maps the 2 dropped columns and the dropped tile row per image eat the saving."""
     c_out, c_in, kh, kw = w_shape
-    return (kh == kw == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1 and max(padding) <= 2
-            and min(c_in, c_out) >= MIN_CHANNELS
-            and height + 2 * padding[0] - 2 >= 8 and width + 2 * padding[1] - 2 >= 8)
+    if not (kh == kw == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1 and max(padding) <= 2
+            and min(c_in, c_out) >= MIN_CHANNELS):
+        return False
+    g = _geometry(height, width, 1, padding)
+    return g.Ho >= 8 and g.Wo >= 8 and _image_bytes(c_in, g, itemsize) <= MAX_IMAGE_BYTES
 
 
 class _Geometry(NamedTuple):
@@ -82,6 +88,19 @@ def _geometry(H, W, N, padding):
     Ht, Wp = (Ho + 1) // 2, W + 2 * padding[1]
     R = (Ht + 1) * Wp
     return _Geometry(Ho, Wo, Ht, Wp, R, (N - 1) * R + (Ht - 1) * Wp + Wo)
+
+
+def _image_bytes(c_in, g: _Geometry, itemsize):
+    """The size of one image's transformed input V: 4 x 3*C_in x R values."""
+    return 4 * 3 * c_in * g.R * itemsize
+
+
+def _chunks(x, padding):
+    """(start, stop) image ranges whose transformed input stays under CHUNK_BYTES (at least one image)."""
+    N, C, H, W = x.shape
+    per_image = _image_bytes(C, _geometry(H, W, 1, padding), x.itemsize)
+    step = max(1, CHUNK_BYTES // per_image)
+    return [(n, min(N, n + step)) for n in range(0, N, step)]
 
 
 def split_rows(x, padding, g: _Geometry):
@@ -140,26 +159,36 @@ def _images(tall, rows, N, g: _Geometry):
     return as_strided(tall, (N, tall.shape[0], rows, g.Wo), (g.R * item, tall.strides[0], g.Wp * item, item))
 
 
+def _transformed(x, padding):
+    """``V`` (4, 3*C_in, L) of the images ``x`` (N, C_in, H, W), and their geometry."""
+    N, _, H, W = x.shape
+    g = _geometry(H, W, N, padding)
+    return input_transform(split_rows(x, padding, g), g), g
+
+
 def _winograd_conv(x, wt, b, padding):
     """The convolution of ``x`` (N, C_in, H, W) by the weights ``wt`` (3, C_out, 3, C_in) (see
-    :func:`weight_transform`), bias ``b``: (N, C_out, Ho, Wo) and the transformed input ``V``."""
+    :func:`weight_transform`) and bias ``b``: (N, C_out, Ho, Wo), a group of images at a time."""
     xp = get_xp(x, wt, b)
     N, _, H, W = x.shape
     c_out = wt.shape[1]
     g = _geometry(H, W, N, padding)
-    V = input_transform(split_rows(x, padding, g), g)
     U = weight_transform(wt)
-    M = xp.empty((4, c_out, g.L), dtype=x.dtype)
-    for k in range(4):
-        xp.matmul(U[k], V[k], out=M[k])
-    if b is not None:                       # m1 appears in both y0 and y1 with sign +
-        M[1] += b[:, None]
-    S = xp.add(M[1], M[2])                  # y0 = m0 + (m1 + m2),  y1 = (m1 - m2) - m3
-    D = xp.subtract(M[1], M[2], out=M[1])
     out = xp.empty((N, c_out, g.Ho, g.Wo), dtype=x.dtype)
-    xp.add(_images(M[0], g.Ht, N, g), _images(S, g.Ht, N, g), out=out[:, :, 0::2])
-    xp.subtract(_images(D, g.Ho // 2, N, g), _images(M[3], g.Ho // 2, N, g), out=out[:, :, 1::2])
-    return out, V
+    for n0, n1 in _chunks(x, padding):
+        V, g = _transformed(x[n0:n1], padding)
+        M = xp.empty((4, c_out, g.L), dtype=x.dtype)
+        for k in range(4):
+            xp.matmul(U[k], V[k], out=M[k])
+        del V
+        if b is not None:                   # m1 appears in both y0 and y1 with sign +
+            M[1] += b[:, None]
+        S = xp.add(M[1], M[2])              # y0 = m0 + (m1 + m2),  y1 = (m1 - m2) - m3
+        D = xp.subtract(M[1], M[2], out=M[1])
+        n = n1 - n0
+        xp.add(_images(M[0], g.Ht, n, g), _images(S, g.Ht, n, g), out=out[n0:n1, :, 0::2])
+        xp.subtract(_images(D, g.Ho // 2, n, g), _images(M[3], g.Ho // 2, n, g), out=out[n0:n1, :, 1::2])
+    return out
 
 
 def conv2d_forward_winograd(x, w, b, padding):
@@ -171,26 +200,29 @@ def conv2d_forward_winograd(x, w, b, padding):
     """
     xp = get_xp(x, w, b)
     wt = xp.ascontiguousarray(w.transpose(2, 0, 3, 1))                      # (3 rows, C_out, 3 cols, C_in)
-    out, V = _winograd_conv(x, wt, b, padding)
-    return out, Conv2dWinogradCache(V, w, b is not None, tuple(x.shape), padding)
+    return _winograd_conv(x, wt, b, padding), Conv2dWinogradCache(x, w, b is not None, padding)
 
 
 def conv2d_backward_winograd(dout, cache: Conv2dWinogradCache, need_dx=True):
     """Gradients of :func:`conv2d_forward_winograd`: ``(dx, dw, db)`` (dx None if not ``need_dx``)."""
-    V, w, has_bias, x_shape, padding = cache
+    x, w, has_bias, padding = cache
     xp = get_xp(dout, w)
-    N, C, H, W = x_shape
-    c_out = w.shape[0]
-    g = _geometry(H, W, N, padding)
+    C, c_out = x.shape[1], w.shape[0]
     db = dout.sum(axis=(0, 2, 3)) if has_bias else None
-    # dy0, dy1 (the even and odd output rows) laid out like M_k, zero at the pixels the forward dropped
-    dy = xp.zeros((2, c_out, N, g.Ht + 1, g.Wp), dtype=dout.dtype)
-    dy[0, :, :, :g.Ht, :g.Wo] = dout[:, :, 0::2].transpose(1, 0, 2, 3)
-    dy[1, :, :, :g.Ho // 2, :g.Wo] = dout[:, :, 1::2].transpose(1, 0, 2, 3)
-    dy = dy.reshape(2, c_out, -1)[..., :g.L]
-    dm = [dy[0], dy[0] + dy[1], dy[0] - dy[1], dy[1]]          # dm3 is -dy1: its sign is taken below
-    # dU_k = dM_k @ V_k^T, computed transposed: (3*C, L) @ (L, C_out) runs faster with C_out the short side
-    dU = [xp.matmul(V[k], dm[k].T) for k in range(4)]           # (3*C_in, C_out), rows (j, c)
+    dU = None                                   # (4, 3*C_in, C_out): dU_k = dM_k @ V_k^T, summed over groups
+    for n0, n1 in _chunks(x, padding):
+        V, g = _transformed(x[n0:n1], padding)
+        n = n1 - n0
+        # dy0, dy1 (the even and odd output rows) laid out like M_k, zero at the pixels the forward dropped
+        dy = xp.zeros((2, c_out, n, g.Ht + 1, g.Wp), dtype=dout.dtype)
+        dy[0, :, :, :g.Ht, :g.Wo] = dout[n0:n1, :, 0::2].transpose(1, 0, 2, 3)
+        dy[1, :, :, :g.Ho // 2, :g.Wo] = dout[n0:n1, :, 1::2].transpose(1, 0, 2, 3)
+        dy = dy.reshape(2, c_out, -1)[..., :g.L]
+        dm = (dy[0], dy[0] + dy[1], dy[0] - dy[1], dy[1])          # dm3 is -dy1: its sign is taken below
+        # computed transposed: (3*C, L) @ (L, C_out) runs faster than (C_out, L) @ (L, 3*C)
+        part = xp.stack([xp.matmul(V[k], dm[k].T) for k in range(4)])
+        dU = part if dU is None else xp.add(dU, part, out=dU)
+        del V, dy, dm
     half = (dU[1] + dU[2]) * 0.5
     dwt = xp.stack([dU[0] + half, (dU[1] - dU[2]) * 0.5, half - dU[3]])        # (3 rows i, 3*C_in, C_out)
     dw = xp.ascontiguousarray(dwt.reshape(3, 3, C, c_out).transpose(3, 2, 0, 1))
@@ -198,5 +230,4 @@ def conv2d_backward_winograd(dout, cache: Conv2dWinogradCache, need_dx=True):
         return None, dw, db
     # dx: dout convolved with the kernel flipped in space and transposed in channels, padded by 2 - p
     wt_flip = xp.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(2, 1, 3, 0))  # (3, C_in, 3, C_out)
-    dx, _ = _winograd_conv(dout, wt_flip, None, (2 - padding[0], 2 - padding[1]))
-    return dx, dw, db
+    return _winograd_conv(dout, wt_flip, None, (2 - padding[0], 2 - padding[1])), dw, db
