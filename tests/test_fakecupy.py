@@ -103,9 +103,9 @@ LAYERS = {
                              R.standard_normal(6).astype(np.float32), 2, 1, 1, 2]),
     "conv_rowshift": (F.conv2d_forward, F.conv2d_backward,
                       [X, R.standard_normal((5, 4, 3, 3)).astype(np.float32), None, 1, 1]),
-    "conv_winograd": (F.conv2d_forward, F.conv2d_backward,          # 64 channels in and out, 9x8 outputs
-                      [R.standard_normal((2, 64, 9, 8)).astype(np.float32),
-                       R.standard_normal((64, 64, 3, 3)).astype(np.float32), np.ones(64, np.float32), 1, 1]),
+    "conv_winograd": (F.conv2d_forward, F.conv2d_backward,          # 128 channels in and out, 2 x 24x24 outputs
+                      [R.standard_normal((2, 128, 24, 24)).astype(np.float32),
+                       R.standard_normal((128, 128, 3, 3)).astype(np.float32), np.ones(128, np.float32), 1, 1]),
     "conv_transpose": (F.conv_transpose2d_forward, F.conv_transpose2d_backward,
                        [X, R.standard_normal((4, 3, 2, 2)).astype(np.float32), R.standard_normal(3).astype(np.float32),
                         2]),

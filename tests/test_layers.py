@@ -224,14 +224,17 @@ def test_conv2d_winograd_gradients(case, rng):
 
 
 @pytest.mark.parametrize("shape, kwargs, winograd", [
-    ((1, 64, 10, 10, 64), {}, True),                    # 3x3, stride 1, 64 channels in and out, 10x10 outputs
-    ((1, 64, 10, 10, 32), {}, False),                   # too few output channels
-    ((1, 32, 10, 10, 64), {}, False),                   # too few input channels
-    ((1, 64, 9, 9, 64), {"padding": 0}, False),         # 7x7 outputs
-    ((1, 64, 10, 10, 64), {"stride": 2}, False),
-    ((1, 64, 10, 10, 64), {"dilation": 2, "padding": 2}, False),
-    ((1, 64, 10, 10, 64), {"groups": 2}, False),
-    ((1, 64, 200, 300, 64), {}, False),                 # one image's transform over MAX_IMAGE_BYTES
+    ((1, 128, 32, 32, 128), {}, True),                  # 128 channels in and out, 1,024 output pixels
+    ((16, 128, 8, 8, 128), {}, True),                   # the pixels may come from several images
+    ((1, 64, 64, 64, 64), {}, True),                    # 64 channels on a map 64 wide
+    ((1, 64, 32, 32, 64), {}, False),                   # ... but not 32 wide
+    ((1, 128, 32, 32, 64), {}, False),                  # too few output channels
+    ((4, 128, 8, 8, 128), {}, False),                   # too few pixels
+    ((64, 128, 6, 6, 128), {}, False),                  # maps under 8x8
+    ((1, 128, 32, 32, 128), {"stride": 2}, False),
+    ((1, 128, 32, 32, 128), {"dilation": 2, "padding": 2}, False),
+    ((1, 128, 32, 32, 128), {"groups": 2}, False),
+    ((1, 128, 150, 150, 128), {}, False),               # one image's transform over MAX_IMAGE_BYTES
 ])
 def test_conv2d_dispatch_takes_winograd_for_wide_3x3_convs(shape, kwargs, winograd, rng):
     N, C, H, W, Co = shape

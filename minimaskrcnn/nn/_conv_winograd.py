@@ -40,8 +40,11 @@ from typing import NamedTuple
 from ..backend import as_strided, get_xp
 
 
-# Narrower layers take the row-shift path (see use_winograd).
-MIN_CHANNELS = 64
+# Where the path wins (see use_winograd): channels in and out, and output pixels per call.
+MIN_CHANNELS = 128
+MIN_CHANNELS_WIDE_MAPS = 64     # ... on maps at least WIDE_MAP outputs wide
+WIDE_MAP = 64
+MIN_PIXELS = 1024
 # The transformed input V is 6x the input's size, so images go through in groups whose V stays under
 # CHUNK_BYTES (the GEMMs then read it from cache); an image whose V alone exceeds MAX_IMAGE_BYTES takes the
 # row-shift path instead (3x the input; the FPN's stride-4 and stride-8 maps at 800 px).
@@ -58,20 +61,33 @@ class Conv2dWinogradCache(NamedTuple):
     padding: tuple
 
 
-def use_winograd(w_shape, stride, padding, dilation, groups, height, width, itemsize=4) -> bool:
-    """3x3 kernel, stride 1, no dilation, one group, padding at most 2 (dx's is 2 - p), at least 64 channels in
-    and out, at least 8x8 outputs, and one image's transform under MAX_IMAGE_BYTES.
+def use_winograd(x_shape, w_shape, stride, padding, dilation, groups, itemsize=4) -> bool:
+    """Whether :func:`conv2d_forward` takes this path: a 3x3 kernel, stride 1, no dilation, one group, padding
+    at most 2 (dx's is 2 - p), one image's transform under MAX_IMAGE_BYTES, and where it was measured to win.
 
-    The transforms cost a pass over the input per output row pair and the GEMMs' saving grows with
-    C_in * C_out, so narrow layers lose: forward + backward took 0.8-0.9x the row-shift path's time at 128-256
-    channels, 0.9-1.05x at 64 and 1.1-1.6x at 16-32 (8x8 to 64x64 maps, 1 thread, ``bench/layers.py``'s
-    machine). On smaller maps the 2 dropped columns and the dropped tile row per image eat the saving."""
+    The saving (a third of the GEMMs) grows with C_in * C_out * pixels; the costs are the transforms (a few
+    passes over the input and output, growing with C_in + C_out), the weights' transform (C_in * C_out, paid
+    once per call) and the pixels computed and dropped (2 columns per row, a row pair per image). Forward +
+    backward against the row-shift path, 1 thread (``bench/layers.py``'s machine, time ratios):
+
+    - 256 channels: 0.83 at 32x32 (2 images), 0.90 at 16x16 (4), 0.86 at 14x14 (64 RoIs), 1.01 at 8x8 (4);
+    - 128 channels: 0.93 at 32x32 (4), 0.94 at 14x14 (64), 1.00 at 16x16 and 8x8 (4);
+    - 64 channels: 0.95 at 64x64 (2), 1.04 at 48x48 (2) and 32x32 (4), 1.09-1.17 below;
+    - 512 channels on 2 images: 1.03 at 14x14, 1.34 at 8x8 (too few pixels for the weights' transform).
+
+    So: at least MIN_CHANNELS in and out (or MIN_CHANNELS_WIDE_MAPS on maps WIDE_MAP wide), at least
+    MIN_PIXELS output pixels in the batch, and at least 8x8 outputs (on smaller maps the dropped pixels are
+    a third of the work or more).
+    """
+    N, _, H, W = x_shape
     c_out, c_in, kh, kw = w_shape
-    if not (kh == kw == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1 and max(padding) <= 2
-            and min(c_in, c_out) >= MIN_CHANNELS):
+    if not (kh == kw == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1 and max(padding) <= 2):
         return False
-    g = _geometry(height, width, 1, padding)
-    return g.Ho >= 8 and g.Wo >= 8 and _image_bytes(c_in, g, itemsize) <= MAX_IMAGE_BYTES
+    g = _geometry(H, W, 1, padding)
+    channels = min(c_in, c_out)
+    return (g.Ho >= 8 and g.Wo >= 8 and N * g.Ho * g.Wo >= MIN_PIXELS
+            and (channels >= MIN_CHANNELS or (channels >= MIN_CHANNELS_WIDE_MAPS and g.Wo >= WIDE_MAP))
+            and _image_bytes(c_in, g, itemsize) <= MAX_IMAGE_BYTES)
 
 
 class _Geometry(NamedTuple):
@@ -153,7 +169,7 @@ def weight_transform(wt):
             xp.multiply(outer - g1, 0.5).reshape(c_out, -1), g2.reshape(c_out, -1)]
 
 
-def _images(tall, rows, N, g: _Geometry):
+def _tile_rows(tall, rows, N, g: _Geometry):
     """Each image's first ``rows`` tile rows of a (C, L) array, as a view (N, C, rows, Wo)."""
     item = tall.itemsize
     return as_strided(tall, (N, tall.shape[0], rows, g.Wo), (g.R * item, tall.strides[0], g.Wp * item, item))
@@ -186,8 +202,8 @@ def _winograd_conv(x, wt, b, padding):
         S = xp.add(M[1], M[2])              # y0 = m0 + (m1 + m2),  y1 = (m1 - m2) - m3
         D = xp.subtract(M[1], M[2], out=M[1])
         n = n1 - n0
-        xp.add(_images(M[0], g.Ht, n, g), _images(S, g.Ht, n, g), out=out[n0:n1, :, 0::2])
-        xp.subtract(_images(D, g.Ho // 2, n, g), _images(M[3], g.Ho // 2, n, g), out=out[n0:n1, :, 1::2])
+        xp.add(_tile_rows(M[0], g.Ht, n, g), _tile_rows(S, g.Ht, n, g), out=out[n0:n1, :, 0::2])
+        xp.subtract(_tile_rows(D, g.Ho // 2, n, g), _tile_rows(M[3], g.Ho // 2, n, g), out=out[n0:n1, :, 1::2])
     return out
 
 

@@ -10,8 +10,8 @@ weights reshaped to ``(C_out, C*kh*kw)``. The backward pass is two more products
 
 That is :func:`conv2d_forward_im2col` / :func:`conv2d_backward_im2col`, the path to read. :func:`conv2d_forward`
 takes it for every stride > 1 and 1-row kernel, and faster routes to the same result for stride 1: the same
-products from kw shifted copies of the input instead of kh*kw (``_conv_rowshift.py``), and for 3x3 layers with
-64 channels or more, Winograd's F(2, 3), 2/3 of the multiplications (``_conv_winograd.py``).
+products from kw shifted copies of the input instead of kh*kw (``_conv_rowshift.py``), and for wide 3x3 layers,
+Winograd's F(2, 3) with 2/3 of the multiplications (``_conv_winograd.py``).
 
 Weights are in PyTorch's layout: ``(C_out, C_in/groups, kh, kw)`` for conv2d and
 ``(C_in, C_out/groups, kh, kw)`` for conv_transpose2d, so torchvision weights load unchanged.
@@ -134,9 +134,9 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     Checks the arguments, then takes one of three ways to the same result (to round-off):
     :func:`conv2d_forward_im2col`, the plain one, for any stride; at stride 1 with a kernel taller than one
     row, :func:`~minimaskrcnn.nn._conv_rowshift.conv2d_forward_rowshift`, the same GEMMs from 3x fewer copied
-    bytes for a 3x3 kernel (what matters on a memory-bound CPU); and for 3x3 stride-1 layers with at least
-    64 channels in and out, :func:`~minimaskrcnn.nn._conv_winograd.conv2d_forward_winograd`, GEMMs with 2/3
-    of the multiply-adds.
+    bytes for a 3x3 kernel (what matters on a memory-bound CPU); and for wide 3x3 stride-1 layers (128
+    channels and more; :func:`~minimaskrcnn.nn._conv_winograd.use_winograd` says exactly where),
+    :func:`~minimaskrcnn.nn._conv_winograd.conv2d_forward_winograd`, GEMMs with 2/3 of the multiply-adds.
 
     Args:
         x: (N, C_in, H, W).
@@ -160,7 +160,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: input {H}x{W} is smaller than the dilated kernel {kh}x{kw} "
                          f"(padding={padding}, dilation={dilation}); x shape {tuple(x.shape)}")
-    if use_winograd(w.shape, stride, padding, dilation, groups, H, W, x.itemsize):
+    if use_winograd(x.shape, w.shape, stride, padding, dilation, groups, x.itemsize):
         return conv2d_forward_winograd(x, w, b, padding)
     if use_row_shifts(w.shape, stride, padding, dilation, H):
         return conv2d_forward_rowshift(x, w, b, padding, dilation, groups)
