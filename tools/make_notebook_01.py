@@ -313,7 +313,8 @@ dx_hand = col2im(dcols[None], x.shape, 3, 3)                  # scatter-add each
 
 dx, dW, db = F.conv2d_backward(dout, cache)
 # (at stride 1 the library keeps kw row-shifted copies instead of the full im2col matrix: see
-#  nn/_conv_rowshift.py; the GEMMs are the same. conv2d_forward_im2col is the plain path.)
+#  nn/_conv_rowshift.py; the GEMMs are the same. Wide 3x3 layers (128+ channels) take Winograd's F(2, 3),
+#  2/3 of the multiplications: nn/_conv_winograd.py. conv2d_forward_im2col is the plain path.)
 print(type(cache).__name__)
 for name, item in cache._asdict().items():
     print(f"cache.{name:9s}", f"array {item.shape}" if hasattr(item, "shape") else item)
