@@ -162,12 +162,10 @@ def input_transform(rows, g: _Geometry):
 def weight_transform(wt):
     """``U_k`` from the weights as (3 rows i, C_out, 3 columns j, C_in): a list of four (C_out, 3*C_in),
     ``U0 = g0, U1 = (g0 + g1 + g2)/2, U2 = (g0 - g1 + g2)/2, U3 = g2`` for each column ``g`` of the kernel."""
-    xp = get_xp(wt)
     c_out = wt.shape[1]
     g0, g1, g2 = wt[0], wt[1], wt[2]
     outer = g0 + g2
-    return [g0.reshape(c_out, -1), ((outer + g1) * 0.5).reshape(c_out, -1),
-            xp.multiply(outer - g1, 0.5).reshape(c_out, -1), g2.reshape(c_out, -1)]
+    return [u.reshape(c_out, -1) for u in (g0, (outer + g1) * 0.5, (outer - g1) * 0.5, g2)]
 
 
 def _tile_rows(tall, rows, N, g: _Geometry):
@@ -189,9 +187,8 @@ def _winograd_conv(x, wt, b, padding):
     xp = get_xp(x, wt, b)
     N, _, H, W = x.shape
     c_out = wt.shape[1]
-    g = _geometry(H, W, N, padding)
     U = weight_transform(wt)
-    out = xp.empty((N, c_out, g.Ho, g.Wo), dtype=x.dtype)
+    out = xp.empty((N, c_out, H + 2 * padding[0] - 2, W + 2 * padding[1] - 2), dtype=x.dtype)
     for n0, n1 in _chunks(x, padding):
         V, g = _transformed(x[n0:n1], padding)
         M = xp.empty((4, c_out, g.L), dtype=x.dtype)
