@@ -7,6 +7,9 @@ time of the path's 12 GEMMs alone (4 forward, 4 for dw, 4 for dx: the very produ
 operands) against its whole forward + backward, and the rest (transforms, sums, weight reshapes: NumPy
 passes, which run on one thread whatever BLAS uses). Also whether the input transform, the largest of those
 passes, gains from running on two Python threads (NumPy releases the GIL inside its loops). Prints JSON.
+
+malloc is set as the commands set it (``engine/allocator.py``): with glibc's defaults this script's first
+calls pay page faults on every fresh array, which ``bench/layers.py`` avoids by the large GEMM it times first.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from _timing import median_time   # bench/ is on sys.path: these scripts run as 
 from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from minimaskrcnn.engine.allocator import keep_freed_memory  # noqa: E402
 from minimaskrcnn.nn import _conv_winograd as wg  # noqa: E402
 
 CASES = [("3x3 64->64 @64x64", 2, 64, 64), ("3x3 256->256 @32x32", 2, 256, 32)]   # name, N, C, H (= W)
@@ -83,6 +87,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
+    keep_freed_memory()
     rng = np.random.default_rng(0)
     runs = []
     with ThreadPoolExecutor(1) as pool:
