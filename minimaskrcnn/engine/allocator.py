@@ -9,10 +9,11 @@ kernel has to fault in and zero. A training iteration allocates and frees the sa
 glibc raises the mmap threshold by itself as large blocks are freed, but keeps trimming the heap.
 
 :func:`keep_freed_memory` fixes the mmap threshold at glibc's maximum (32 MiB) and stops the trimming: measured
-288 -> 268 ms per training iteration of the demo's model (``bench/profile_train.py``, one thread, trained
-weights; bench/RESULTS.md). The price: the process's resident memory stays at its high-water mark instead of
-shrinking after a peak (blocks over 32 MiB are still unmapped when freed). The commands (``python -m
-minimaskrcnn ...``) and ``ablate``'s worker processes call it; a notebook or a script can too.
+293 -> 271 ms per training iteration of the demo's model (``bench/profile_train.py`` with and without
+``--default-malloc``, one thread, trained weights), and the demo from 7:58 to 7:13 (bench/RESULTS.md). The
+price: the process's resident memory stays at its high-water mark instead of shrinking after a peak (blocks
+over 32 MiB are still unmapped when freed). The commands (``python -m minimaskrcnn ...``) and ``ablate``'s
+worker processes call it; a notebook or a script can too.
 """
 from __future__ import annotations
 
