@@ -21,34 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
-from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from minimaskrcnn.engine.allocator import keep_freed_memory  # noqa: E402
+from minimaskrcnn.engine.threads import blas_threads  # noqa: E402
 from minimaskrcnn.nn import _conv_winograd as wg  # noqa: E402
 
 CASES = [("3x3 64->64 @64x64", 2, 64, 64), ("3x3 256->256 @32x32", 2, 256, 32)]   # name, N, C, H (= W)
 
 
 def transform_on_two_threads(pool, rows, g):
-    """:func:`wg.input_transform`, each half of the channels on its own thread (same result)."""
-    C, L, Wp = rows.shape[1], g.L, g.Wp
-    E, O = rows[0], rows[1]
-    V = np.empty((4, 3, C, L), dtype=rows.dtype)
-
-    def half(c0, c1):
-        for j in range(3):
-            d0, d1 = E[c0:c1, j:j + L], O[c0:c1, j:j + L]
-            d2, d3 = E[c0:c1, Wp + j:Wp + j + L], O[c0:c1, Wp + j:Wp + j + L]
-            np.subtract(d0, d2, out=V[0, j, c0:c1])
-            np.add(d1, d2, out=V[1, j, c0:c1])
-            np.subtract(d2, d1, out=V[2, j, c0:c1])
-            np.subtract(d1, d3, out=V[3, j, c0:c1])
-
-    other = pool.submit(half, C // 2, C)
-    half(0, C // 2)
-    other.result()
-    return V.reshape(4, 3 * C, L)
+    """:func:`wg.input_transform` of each half of the channels, one half on another thread: the same work,
+    in two arrays (4, 3, C/2, L)."""
+    C = rows.shape[1]
+    other = pool.submit(wg.input_transform, rows[:, C // 2:], g)
+    first = wg.input_transform(rows[:, :C // 2], g)
+    return [v.reshape(4, 3, -1, g.L) for v in (first, other.result())]
 
 
 def measure(name, N, C, H, reps, rng, pool):
@@ -74,7 +62,8 @@ def measure(name, N, C, H, reps, rng, pool):
 
     t_gemm = median_time(gemms, reps)
     rows = wg.split_rows(x, (1, 1), g)
-    assert np.array_equal(transform_on_two_threads(pool, rows, g), wg.input_transform(rows, g))
+    halves = np.concatenate(transform_on_two_threads(pool, rows, g), axis=2).reshape(4, 3 * C, g.L)
+    assert np.array_equal(halves, wg.input_transform(rows, g))
     t_serial = median_time(lambda: wg.input_transform(rows, g), reps)
     t_two = median_time(lambda: transform_on_two_threads(pool, rows, g), reps)
     return {"case": name, "fwd_bwd_ms": round(full * 1e3, 2), "gemms_ms": round(t_gemm * 1e3, 2),
@@ -92,7 +81,7 @@ def main():
     runs = []
     with ThreadPoolExecutor(1) as pool:
         for threads in args.threads:
-            with threadpool_limits(threads, user_api="blas"):
+            with blas_threads(threads):
                 runs.append({"threads": threads,
                              "cases": [measure(*case, args.repeats, rng, pool) for case in CASES]})
     print(json.dumps({"repeats": args.repeats, "runs": runs}, indent=2))

@@ -40,10 +40,10 @@ from typing import NamedTuple
 
 import numpy as np
 from _timing import median_time
-from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from minimaskrcnn.backend import get_xp  # noqa: E402
+from minimaskrcnn.engine.threads import blas_threads  # noqa: E402
 from minimaskrcnn.nn.conv import (conv2d_backward, conv2d_backward_im2col, conv2d_forward,  # noqa: E402
                                   conv2d_forward_im2col)
 
@@ -205,7 +205,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     rows = []
-    with threadpool_limits(args.threads, user_api="blas"):
+    with blas_threads(args.threads):
         for N, C, Co, H in CASES:
             x = rng.standard_normal((N, C, H, H), dtype=np.float32)
             w = rng.standard_normal((Co, C, 3, 3), dtype=np.float32) * 0.05

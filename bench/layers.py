@@ -27,7 +27,6 @@ import sys
 
 import numpy as np
 from _timing import median_time   # bench/ is on sys.path: these scripts run as python bench/<name>.py
-from threadpoolctl import threadpool_limits
 
 try:                                # optional: torch's conv beside ours
     import torch
@@ -35,6 +34,7 @@ except ImportError:
     torch = None
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from minimaskrcnn.engine.threads import blas_threads  # noqa: E402
 from minimaskrcnn.nn.functional import conv2d_backward, conv2d_forward  # noqa: E402
 
 CASES = [
@@ -114,7 +114,7 @@ def main():
     rng = np.random.default_rng(0)
     runs = []
     for threads in dict.fromkeys(args.threads):
-        with threadpool_limits(threads, user_api="blas"):
+        with blas_threads(threads):
             runs.append(measure(threads, reps, rng))
     report = {
         "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,

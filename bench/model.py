@@ -54,9 +54,9 @@ def big_image(seed=0):
 
 # ---- ours ------------------------------------------------------------------------------------------------
 def ours(case, repeats, threads):
-    from threadpoolctl import threadpool_limits
+    from minimaskrcnn.engine.threads import blas_threads
 
-    with threadpool_limits(threads, user_api="blas"):
+    with blas_threads(threads):
         return _ours(case, repeats)
 
 
